@@ -1,0 +1,5 @@
+import sys
+
+from avtta.cli import main
+
+sys.exit(main())

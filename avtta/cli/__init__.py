@@ -1,0 +1,65 @@
+"""The ``avtta`` command line: one sub-module per command, each parsing into a call of one library function.
+
+Every sub-module listed in ``COMMANDS`` defines ``register(subparsers)`` which adds its parser and sets
+``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# module name in avtta.cli -> loaded lazily so `avtta --help` stays fast
+COMMANDS = [
+    "shard",
+    "catalog",
+    "corruptions",
+    "preview",
+    "train",
+    "adapt",
+    "report",
+    "import_",
+    "demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avtta", description="Audio-visual test-time adaptation toolkit.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"avtta.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"avtta.cli.{name}":
+                continue  # command not implemented in this checkout
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        # Bad arguments or files: one clear line naming the value or file, no traceback.
+        if args.verbose:
+            raise
+        print(f"avtta {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
