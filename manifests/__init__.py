@@ -1,0 +1,41 @@
+"""Parquet manifests of shard sets and the catalog of an output root (see ``tables``)."""
+
+from .tables import (
+    CATALOG_FILE,
+    CLASSES_FILE,
+    FAILURES_SCHEMA,
+    SAMPLES_SCHEMA,
+    SET_FILE,
+    SHARDS_SCHEMA,
+    Catalog,
+    ShardSetInfo,
+    find_sets,
+    format_table,
+    load_classes,
+    read_label_csv,
+    set_relpath,
+    write_catalog,
+    write_classes,
+    write_json,
+    write_table,
+)
+
+__all__ = [
+    "CATALOG_FILE",
+    "CLASSES_FILE",
+    "FAILURES_SCHEMA",
+    "SAMPLES_SCHEMA",
+    "SET_FILE",
+    "SHARDS_SCHEMA",
+    "Catalog",
+    "ShardSetInfo",
+    "find_sets",
+    "format_table",
+    "load_classes",
+    "read_label_csv",
+    "set_relpath",
+    "write_catalog",
+    "write_classes",
+    "write_json",
+    "write_table",
+]

@@ -1,0 +1,101 @@
+"""The avtta shard format: schema (declared once), deterministic atomic writer, streaming reader.
+
+``open_dataset`` resolves a catalog selection through :mod:`avtta.manifests` (imported lazily: the shard modules
+themselves depend on nothing else of avtta).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .reader import FBANK_MEAN, FBANK_STD, BatchLoader, ReaderConfig, ShardStream
+from .schema import SCHEMA_VERSION, Sample, SchemaError, decode_sample, encode_sample, validate_key
+from .writer import ShardWriter
+
+__all__ = [
+    "FBANK_MEAN",
+    "FBANK_STD",
+    "SCHEMA_VERSION",
+    "BatchLoader",
+    "ReaderConfig",
+    "Sample",
+    "SchemaError",
+    "ShardStream",
+    "ShardWriter",
+    "decode_sample",
+    "encode_sample",
+    "open_dataset",
+    "parse_selection",
+    "validate_key",
+]
+
+
+def parse_selection(corruption: str, modality: str | None = None, severity: int | None = None) -> tuple[str, str, int]:
+    """``"video:fog@5"`` / ``"clean"`` / (name, modality, severity) -> (modality, name, severity)."""
+    text = str(corruption)
+    if text in ("clean", "none"):
+        return "clean", "clean", 0
+    if ":" in text:
+        modality, text = text.split(":", 1)
+    if "@" in text:
+        text, sev = text.rsplit("@", 1)
+        try:
+            severity = int(sev)
+        except ValueError:
+            raise ValueError(f"bad severity in corruption {corruption!r}") from None
+    if modality is None or severity is None:
+        raise ValueError(f"corruption {corruption!r}: give it as 'modality:name@severity' or pass modality= and severity=")
+    return modality, text, int(severity)
+
+
+def open_dataset(
+    catalog: str | Path | Any,
+    dataset: str,
+    split: str = "test",
+    corruption: str | tuple[str, str] = "clean",
+    severity: int | None = None,
+    modality: str | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_workers: int = 2,
+    frame: str | int = "eval",
+    freqm: int = 0,
+    timem: int = 0,
+    shuffle_buffer: int = 1000,
+    drop_last: bool = False,
+    with_metadata: bool = False,
+    pin_memory: bool | None = None,
+) -> BatchLoader:
+    """Stream model-ready batches of a shard set selected from a catalog.
+
+    Args:
+        catalog: the output root of ``avtta shard`` / ``avtta import`` (or its ``catalog.parquet``, or a Catalog).
+        dataset, split: which data.
+        corruption: ``"clean"``, ``"video:fog@5"``, a name with ``modality``/``severity``, or a pair
+            ``("video:fog@5", "audio:rain@5")`` = frames from the first set, audio from the second (both corrupted).
+        batch_size, seed, shuffle, num_workers, drop_last: loading; batches are exactly ``batch_size`` except the last.
+        frame: ``"eval"`` (frame 5, as READ/BriMPR), ``"random"`` (training) or an index.
+        freqm, timem: SpecAugment mask widths (training).
+
+    Returns:
+        A :class:`BatchLoader` yielding ``{"audio": [B,1024,128], "video": [B,3,224,224], "label": [B], "key": [...]}``.
+    """
+    from avtta.manifests import Catalog
+
+    cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
+    cfg = ReaderConfig(
+        frame=frame, freqm=freqm, timem=timem, shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed,
+        with_metadata=with_metadata,
+    )
+    if isinstance(corruption, (tuple, list)):
+        if len(corruption) != 2:
+            raise ValueError(f"a joined selection takes two corruptions (video, audio), got {corruption!r}")
+        vinfo = cat.get(dataset, split, *parse_selection(corruption[0]))
+        ainfo = cat.get(dataset, split, *parse_selection(corruption[1]))
+        stream = ShardStream(cat.shard_paths(vinfo), cfg, audio_paths=cat.shard_paths(ainfo))
+        return BatchLoader(stream, vinfo.samples, batch_size, num_workers, drop_last, pin_memory)
+    info = cat.get(dataset, split, *parse_selection(corruption, modality, severity if severity is not None else None))
+    stream = ShardStream(cat.shard_paths(info), cfg)
+    return BatchLoader(stream, info.samples, batch_size, num_workers, drop_last, pin_memory)

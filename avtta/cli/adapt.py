@@ -1,0 +1,73 @@
+"""``avtta adapt``: run TTA methods online over shard sets selected from a catalog."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out += list(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return tuple(out)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "adapt",
+        help="adapt a model online (Source, T3A, Tent, EATA, SAR, DeYO, READ, BriMPR) on corrupted shard sets",
+        description="Stream the selected shard sets batch by batch and update each method online (one step per "
+        "batch). Resets per corruption and seed (never with --continual). Writes results.parquet/csv, table.md, "
+        "heatmap.png and config.json under --out.",
+    )
+    p.add_argument("--catalog", required=True, help="output root of `avtta shard` / `avtta import`")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--protocol", default="video", choices=["clean", "video", "audio", "both", "av"],
+                   help="video/audio: one modality corrupted (BriMPR run.py); both: video x audio pairs "
+                   "(run_both.py); av: AVRobustBench pairs; clean")
+    p.add_argument("--corruptions", type=_names, default=("all",),
+                   help="comma-separated names, 'all' (default); for --protocol both: VIDEO+AUDIO pairs")
+    p.add_argument("--severity", type=_ints, default=(5,), help="severity or list/range, e.g. 5 or 1-5 (default 5)")
+    p.add_argument("--methods", type=_names, default=("all",), help="all (default) or e.g. source,tent,read")
+    p.add_argument("--checkpoint", required=True, help="released CAV-MAE .pth or an avtta checkpoint")
+    p.add_argument("--model", help="model variant for a released .pth (default cav_mae_ft_base)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--source-split", default="train", help="clean split for EATA's Fisher and BriMPR's statistics")
+    p.add_argument("--seeds", type=_ints, default=(111, 222, 333))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="fp16 = autocast + GradScaler as the references (CUDA only)")
+    p.add_argument("--continual", action="store_true", help="never reset between corruptions")
+    p.add_argument("--method-config", type=json.loads, default={},
+                   help='per-method overrides as JSON, e.g. \'{"brimpr": {"tau": 0.25}, "tent": {"lr": 5e-5}}\'')
+    p.add_argument("--workers", type=int, default=2, dest="num_workers", help="DataLoader workers (default 2)")
+    p.add_argument("--ray-address", help="fan (method, corruption, seed) jobs out over a Ray cluster")
+    p.add_argument("--out", default="runs/adapt", help="run folder (default runs/adapt)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from avtta.adapt.worker import AdaptConfig, run_adaptation
+
+    cfg = AdaptConfig(
+        catalog=args.catalog, dataset=args.dataset, checkpoint=args.checkpoint, protocol=args.protocol,
+        corruptions=args.corruptions, severity=args.severity, methods=args.methods, split=args.split,
+        source_split=args.source_split, seeds=args.seeds, batch_size=args.batch_size, device=args.device,
+        continual=args.continual, out=args.out, model=args.model, num_workers=args.num_workers,
+        precision=args.precision, method_config=args.method_config, ray_address=args.ray_address,
+        progress=not args.no_progress,
+    )
+    run_adaptation(cfg)
+    return 0

@@ -1,0 +1,316 @@
+"""Parquet manifests of a shard set and the catalog that lists every set under an output root.
+
+Layout under an output root ``OUT``::
+
+    OUT/catalog.parquet                         one row per shard set (rebuilt after every job)
+    OUT/<dataset>/classes.csv                   index,mid,display_name (the reference label CSV format)
+    OUT/<dataset>/<split>/clean/                a shard set ...
+    OUT/<dataset>/<split>/<modality>/<corruption>/severity_<s>/
+        shard-000000.tar ...                    webdataset shards
+        samples.parquet                         one row per sample
+        shards.parquet                          file, samples, bytes, sha256
+        failures.parquet                        path, video_id, reason
+        set.json                                the set's description; written last: its presence = complete
+
+All files are written to a temporary name and renamed into place, so a half-written manifest is never visible.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from avtta.shards.schema import SCHEMA_VERSION
+
+CATALOG_FILE = "catalog.parquet"
+SET_FILE = "set.json"
+SAMPLES_FILE = "samples.parquet"
+SHARDS_FILE = "shards.parquet"
+FAILURES_FILE = "failures.parquet"
+CLASSES_FILE = "classes.csv"
+
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("video_id", pa.string()),
+        ("source", pa.string()),
+        ("label", pa.int32()),
+        ("labels", pa.list_(pa.int32())),
+        ("shard", pa.string()),
+        ("corruption", pa.string()),
+        ("severity", pa.int32()),
+        ("params", pa.string()),  # JSON of the sampled corruption parameters
+        ("fps", pa.float64()),
+        ("duration", pa.float64()),
+        ("missing", pa.string()),  # comma-separated filled modalities ("" when none)
+    ]
+)
+SHARDS_SCHEMA = pa.schema([("file", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()), ("sha256", pa.string())])
+FAILURES_SCHEMA = pa.schema([("path", pa.string()), ("video_id", pa.string()), ("reason", pa.string())])
+
+
+@dataclass
+class ShardSetInfo:
+    """What ``set.json`` says about one shard set (also a catalog row)."""
+
+    dataset: str
+    split: str
+    modality: str  # clean | video | audio | av
+    corruption: str  # "clean" or the corruption name
+    severity: int
+    path: str  # relative to the output root
+    samples: int = 0
+    shards: int = 0
+    bytes: int = 0
+    failures: int = 0
+    num_classes: int = 0
+    num_frames: int = 0
+    frame_size: int = 0
+    waveform: bool = False
+    seed: int = 0
+    schema_version: int = SCHEMA_VERSION
+    source: str = "avtta shard"  # the command that made it (shard / import)
+    job: str = ""  # fingerprint of the job inputs and options
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> str:
+        return "clean" if self.modality == "clean" else f"{self.modality}:{self.corruption}@{self.severity}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShardSetInfo:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def set_relpath(dataset: str, split: str, modality: str, corruption: str, severity: int) -> str:
+    """The folder of a shard set, relative to the output root."""
+    for name, value in (("dataset", dataset), ("split", split), ("corruption", corruption)):
+        if not value or "/" in value or value.startswith("."):
+            raise ValueError(f"invalid {name} name {value!r}")
+    if modality == "clean":
+        return f"{dataset}/{split}/clean"
+    return f"{dataset}/{split}/{modality}/{corruption}/severity_{int(severity)}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    """Write a Parquet file atomically (temp name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# classes
+
+
+def write_classes(path: str | Path, names: Sequence[tuple[str, str]]) -> None:
+    """Write ``index,mid,display_name`` rows (the reference label CSV format)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["index", "mid", "display_name"])
+        for i, (mid, display) in enumerate(names):
+            w.writerow([i, mid, display])
+    os.replace(tmp, path)
+
+
+def read_label_csv(path: str | Path) -> list[tuple[str, str]]:
+    """Read a reference label CSV (``index,mid[,display_name]``, any line endings) -> [(mid, display_name)]."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or "mid" not in reader.fieldnames or "index" not in reader.fieldnames:
+                raise ValueError(f"{path}: a label CSV needs the columns index,mid[,display_name]")
+            rows = []
+            for row in reader:
+                try:
+                    idx = int(row["index"])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}: bad index {row.get('index')!r}") from None
+                rows.append((idx, row["mid"], row.get("display_name") or row["mid"]))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text CSV ({err})") from None
+    rows.sort()
+    if [r[0] for r in rows] != list(range(len(rows))):
+        raise ValueError(f"{path}: indices must be 0..{len(rows) - 1} without gaps")
+    mids = [r[1] for r in rows]
+    if len(set(mids)) != len(mids):
+        raise ValueError(f"{path}: duplicate mid values")
+    return [(r[1], r[2]) for r in rows]
+
+
+def load_classes(root: str | Path, dataset: str) -> list[tuple[str, str]]:
+    return read_label_csv(Path(root) / dataset / CLASSES_FILE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# catalog
+
+
+def find_sets(root: str | Path) -> list[ShardSetInfo]:
+    """Every complete shard set under ``root`` (those with a ``set.json``), in path order."""
+    root = Path(root)
+    out = []
+    for path in sorted(root.rglob(SET_FILE)):
+        out.append(ShardSetInfo.from_json(json.loads(path.read_text())))
+    return out
+
+
+CATALOG_COLUMNS = [f.name for f in fields(ShardSetInfo) if f.name != "options"] + ["options"]
+
+
+def write_catalog(root: str | Path) -> pa.Table:
+    """Rebuild ``OUT/catalog.parquet`` from the ``set.json`` files under ``root``."""
+    rows = []
+    for info in find_sets(root):
+        row = info.to_json()
+        row["options"] = json.dumps(row["options"], sort_keys=True)
+        rows.append(row)
+    table = pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.string()) for c in CATALOG_COLUMNS})
+    write_table(table, Path(root) / CATALOG_FILE)
+    return table
+
+
+class Catalog:
+    """The shard sets under an output root, selectable by dataset / split / modality / corruption / severity."""
+
+    def __init__(self, root: str | Path):
+        path = Path(root)
+        if path.name == CATALOG_FILE:
+            path = path.parent
+        if not path.is_dir():
+            raise FileNotFoundError(f"catalog root {path} does not exist")
+        self.root = path
+        catalog_file = path / CATALOG_FILE
+        if catalog_file.exists():
+            rows = pq.read_table(catalog_file).to_pylist()
+            self.sets = []
+            for row in rows:
+                row["options"] = json.loads(row.get("options") or "{}")
+                self.sets.append(ShardSetInfo.from_json(row))
+        else:
+            self.sets = find_sets(path)
+        if not self.sets:
+            raise FileNotFoundError(f"no shard sets under {path} (run `avtta shard` or `avtta import` first)")
+
+    def select(
+        self,
+        dataset: str | None = None,
+        split: str | None = None,
+        modality: str | None = None,
+        corruption: str | None = None,
+        severity: int | None = None,
+    ) -> list[ShardSetInfo]:
+        """Sets matching every given field (None = any)."""
+        out = []
+        for s in self.sets:
+            if dataset is not None and s.dataset != dataset:
+                continue
+            if split is not None and s.split != split:
+                continue
+            if modality is not None and s.modality != modality:
+                continue
+            if corruption is not None and s.corruption != corruption:
+                continue
+            if severity is not None and s.severity != int(severity):
+                continue
+            out.append(s)
+        return out
+
+    def get(
+        self, dataset: str, split: str, modality: str = "clean", corruption: str = "clean", severity: int = 0
+    ) -> ShardSetInfo:
+        """Exactly one set, or a ValueError naming what exists."""
+        if modality == "clean" or corruption == "clean":
+            modality, corruption, severity = "clean", "clean", 0
+        found = self.select(dataset, split, modality, corruption, severity)
+        if len(found) != 1:
+            have = sorted({f"{s.dataset}/{s.split}/{s.spec}" for s in self.select(dataset)}) or sorted(
+                {s.dataset for s in self.sets}
+            )
+            raise ValueError(
+                f"no shard set {dataset}/{split}/{modality}:{corruption}@{severity} in {self.root}; available: "
+                + ", ".join(have)
+            )
+        return found[0]
+
+    def shard_paths(self, info: ShardSetInfo) -> list[Path]:
+        table = pq.read_table(self.root / info.path / SHARDS_FILE)
+        return [self.root / info.path / f for f in table.column("file").to_pylist()]
+
+    def samples(self, info: ShardSetInfo) -> pa.Table:
+        return pq.read_table(self.root / info.path / SAMPLES_FILE)
+
+    def failures(self, info: ShardSetInfo) -> pa.Table:
+        return pq.read_table(self.root / info.path / FAILURES_FILE)
+
+    def classes(self, dataset: str) -> list[tuple[str, str]]:
+        return load_classes(self.root, dataset)
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "dataset": s.dataset,
+                "split": s.split,
+                "modality": s.modality,
+                "corruption": s.corruption,
+                "severity": s.severity,
+                "samples": s.samples,
+                "failures": s.failures,
+                "shards": s.shards,
+                "MB": round(s.bytes / 1e6, 1),
+                "source": s.source,
+            }
+            for s in self.sets
+        ]
+
+
+def format_table(rows: Iterable[dict[str, Any]]) -> str:
+    """A Markdown table of dict rows (column order of the first row)."""
+    rows = list(rows)
+    if not rows:
+        return "(empty)"
+    cols = list(rows[0].keys())
+    cells = [[str(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |"]
+    lines.append("| " + " | ".join("-" * w for w in widths) + " |")
+    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in cells]
+    return "\n".join(lines)

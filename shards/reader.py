@@ -1,0 +1,258 @@
+"""Streaming reader: avtta shards -> model-ready batches (CAV-MAE input transforms), deterministic shuffling.
+
+Tar shards are read with the ``webdataset`` library's tar iterators inside torch ``DataLoader`` workers. Each
+worker decodes only what the model needs (the fbank and one frame), applies the CAV-MAE transforms and yields single
+samples; the main process groups them into batches of exactly ``batch_size`` (one partial batch at the end, as the
+reference ``DataLoader(drop_last=False)``), so the number and size of batches do not depend on ``num_workers``.
+
+Shuffling is seeded: the shard order is permuted with ``random.Random(seed)``, and each worker shuffles its samples
+through a buffer seeded with ``(seed, worker)``. The same seed, shards and worker count give the same batches.
+The pipeline writes clips in a hash-based order, so shards mix classes and a bounded buffer suffices.
+
+Two shard sets can be read as one ("both modalities corrupted"): frames from one set, fbank from the other, joined
+by key; both must come from the same job (same clips and shard boundaries), which the join checks.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from .schema import EVAL_FRAME, FBANK_FIELD, FRAME_FIELD, LABEL_FIELD, META_FIELD, decode_npy
+
+FBANK_MEAN = -5.081  # CAV-MAE normalisation, used for every data set (spec item 23)
+FBANK_STD = 4.4849
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """How samples become model inputs."""
+
+    frame: str | int = "eval"  # "eval" (frame 5, READ/BriMPR), "random" (training), or a frame index
+    im_res: int = 224
+    target_length: int = 1024
+    freqm: int = 0  # SpecAugment masks (CAV-MAE fine-tuning: 48 / 192); 0 at test time
+    timem: int = 0
+    shuffle: bool = True
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    with_metadata: bool = False
+
+
+def _frame_index(cfg: ReaderConfig, num_frames: int, rng: random.Random) -> int:
+    if cfg.frame == "eval":
+        return min(EVAL_FRAME, num_frames - 1) if num_frames > EVAL_FRAME else num_frames // 2
+    if cfg.frame == "random":
+        return rng.randrange(num_frames)
+    idx = int(cfg.frame)
+    if not 0 <= idx < num_frames:
+        raise ValueError(f"frame index {idx} out of range: the shards hold {num_frames} frames")
+    return idx
+
+
+def image_transform(jpeg: bytes, im_res: int) -> torch.Tensor:
+    """The CAV-MAE eval image transform: Resize(im_res, bicubic) + CenterCrop + ToTensor + Normalize."""
+    img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    w, h = img.size
+    if (w, h) != (im_res, im_res):
+        if w <= h:
+            nw, nh = im_res, int(im_res * h / w)
+        else:
+            nw, nh = int(im_res * w / h), im_res
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), Image.BICUBIC)
+        left, top = int(round((nw - im_res) / 2.0)), int(round((nh - im_res) / 2.0))
+        img = img.crop((left, top, left + im_res, top + im_res))
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def fbank_transform(fbank: np.ndarray, cfg: ReaderConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """float16 [T,128] -> normalised float32 [target_length, 128], with optional SpecAugment masks."""
+    x = torch.from_numpy(np.asarray(fbank, dtype=np.float32))
+    t = x.shape[0]
+    if t < cfg.target_length:
+        x = torch.nn.functional.pad(x, (0, 0, 0, cfg.target_length - t))
+    elif t > cfg.target_length:
+        x = x[: cfg.target_length]
+    if cfg.freqm or cfg.timem:
+        x = x.clone()
+        if cfg.freqm:
+            w = int(torch.randint(0, cfg.freqm + 1, (1,), generator=gen))
+            f0 = int(torch.randint(0, x.shape[1] - w + 1, (1,), generator=gen))
+            x[:, f0 : f0 + w] = 0.0
+        if cfg.timem:
+            w = int(torch.randint(0, cfg.timem + 1, (1,), generator=gen))
+            t0 = int(torch.randint(0, x.shape[0] - w + 1, (1,), generator=gen))
+            x[t0 : t0 + w, :] = 0.0
+    return (x - FBANK_MEAN) / FBANK_STD
+
+
+def _iter_raw(paths: Sequence[str]) -> Iterator[dict[str, Any]]:
+    yield from tarfile_samples([{"url": str(p)} for p in paths])
+
+
+class ShardStream(IterableDataset):
+    """Samples of one shard set, or of two joined by key (frames from ``video_paths``, fbank from ``audio_paths``)."""
+
+    def __init__(self, paths: Sequence[str | Path], cfg: ReaderConfig, audio_paths: Sequence[str | Path] | None = None):
+        super().__init__()
+        self.paths = [str(p) for p in paths]
+        self.audio_paths = [str(p) for p in audio_paths] if audio_paths is not None else None
+        if self.audio_paths is not None and len(self.audio_paths) != len(self.paths):
+            raise ValueError(
+                f"cannot join shard sets with {len(self.paths)} and {len(self.audio_paths)} shards: "
+                "both must come from the same job"
+            )
+        self.cfg = cfg
+        self.epoch = 0
+
+    def _shards_for_worker(self) -> tuple[list[int], int]:
+        order = list(range(len(self.paths)))
+        if self.cfg.shuffle:
+            random.Random(f"{self.cfg.seed}:{self.epoch}:shards").shuffle(order)
+        info = get_worker_info()
+        wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        return order[wid::n], wid
+
+    def _samples(self, shard_ids: list[int]) -> Iterator[dict[str, Any]]:
+        for i in shard_ids:
+            vid = _iter_raw([self.paths[i]])
+            if self.audio_paths is None:
+                yield from vid
+                continue
+            aud = _iter_raw([self.audio_paths[i]])
+            for v, a in zip(vid, aud, strict=True):
+                if v["__key__"] != a["__key__"]:
+                    raise ValueError(
+                        f"shards {self.paths[i]} and {self.audio_paths[i]} do not hold the same clips "
+                        f"({v['__key__']} vs {a['__key__']}): they cannot be joined"
+                    )
+                v = dict(v)
+                v[FBANK_FIELD] = a[FBANK_FIELD]
+                v["audio_json"] = a[META_FIELD]
+                yield v
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        shard_ids, wid = self._shards_for_worker()
+        rng = random.Random(f"{self.cfg.seed}:{self.epoch}:{wid}:samples")
+        gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.epoch * 1009 + wid) & 0x7FFFFFFF)
+        source = self._samples(shard_ids)
+        if self.cfg.shuffle and self.cfg.shuffle_buffer > 1:
+            source = _shuffle(source, self.cfg.shuffle_buffer, rng)
+        for raw in source:
+            yield self._transform(raw, rng, gen)
+
+    def _transform(self, raw: dict[str, Any], rng: random.Random, gen: torch.Generator) -> dict[str, Any]:
+        cfg = self.cfg
+        frames = sorted(k for k in raw if k.startswith("frame_") and k.endswith(".jpg"))
+        if not frames:
+            raise ValueError(f"sample {raw.get('__key__')} in {raw.get('__url__')} has no frames")
+        k = _frame_index(cfg, len(frames), rng)
+        out = {
+            "audio": fbank_transform(decode_npy(raw[FBANK_FIELD]), cfg, gen),
+            "video": image_transform(raw[FRAME_FIELD.format(k)], cfg.im_res),
+            "label": int(raw[LABEL_FIELD]),
+            "key": raw["__key__"],
+        }
+        if cfg.with_metadata:
+            out["metadata"] = json.loads(raw[META_FIELD])
+        return out
+
+
+def _shuffle(source: Iterator[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
+    """Buffer shuffle: fill, then emit a random element and replace it (deterministic given ``rng``)."""
+    buf: list[Any] = []
+    for item in source:
+        if len(buf) < bufsize:
+            buf.append(item)
+            continue
+        j = rng.randrange(len(buf))
+        buf[j], item = item, buf[j]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    batch = {
+        "audio": torch.stack([s["audio"] for s in samples]),
+        "video": torch.stack([s["video"] for s in samples]),
+        "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+        "key": [s["key"] for s in samples],
+    }
+    if "metadata" in samples[0]:
+        batch["metadata"] = [s["metadata"] for s in samples]
+    return batch
+
+
+class BatchLoader:
+    """Iterable of batches (dicts with audio, video, label, key). ``len()`` is the number of batches."""
+
+    def __init__(
+        self,
+        stream: ShardStream,
+        num_samples: int,
+        batch_size: int,
+        num_workers: int = 2,
+        drop_last: bool = False,
+        pin_memory: bool | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.stream = stream
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.num_workers = max(0, min(num_workers, len(stream.paths)))
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the shuffling for another epoch (training)."""
+        self.stream.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        loader = DataLoader(
+            self.stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=False,
+            persistent_workers=False,
+            prefetch_factor=8 if self.num_workers else None,
+        )
+        pending: list[dict[str, Any]] = []
+        for sample in loader:
+            pending.append(sample)
+            if len(pending) == self.batch_size:
+                yield self._finish(collate(pending))
+                pending = []
+        if pending and not self.drop_last:
+            yield self._finish(collate(pending))
+
+    def _finish(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.pin_memory:
+            batch["audio"] = batch["audio"].pin_memory()
+            batch["video"] = batch["video"].pin_memory()
+        return batch
