@@ -79,9 +79,8 @@ def heatmap(rows: list[dict[str, Any]], path: str | Path, metric: str = "accurac
                         color="white" if data[i, j] < np.nanmean(data) else "black")
     fig.colorbar(im, ax=ax, label=f"{metric} (%)")
     ax.set_title(title or f"{metric} (%) per method and condition")
-    fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

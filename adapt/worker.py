@@ -242,8 +242,11 @@ class AdaptationWorker:
         overrides = dict(self.cfg.method_config.get(name, {}))
         if "precision" not in overrides and name != "source":
             overrides["precision"] = self.cfg.precision
-        if name == "brimpr" and self.cfg.protocol == "both":
-            overrides.setdefault("tau", 0.25)  # run_both.py's contrastive temperature (spec methods.md 8)
+        if name == "brimpr":
+            if self.cfg.protocol == "both":
+                overrides.setdefault("tau", 0.25)  # run_both.py's contrastive temperature (spec methods.md 8)
+            # prompts in every modality-specific block (11 for the released architecture; fewer on small variants)
+            overrides.setdefault("prompt_layers", min(11, len(model.blocks_a), len(model.blocks_v)))
         kwargs: dict[str, Any] = {}
         if name in ("eata", "brimpr"):
             info = self.catalog.get(self.cfg.dataset, self.cfg.source_split)

@@ -7,6 +7,8 @@ skip cleanly when it is absent (a user's clone does not have it).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,67 @@ def fixtures_dir(shared: Path) -> Path:
     if not path.is_dir():
         pytest.skip("../shared/fixtures is absent")
     return path
+
+
+@pytest.fixture(scope="session")
+def small_videos(tmp_path_factory):
+    """Six short real mp4 clips (H.264 + AAC) in two class folders."""
+    from avtta.pipelines.synth import write_test_video
+
+    root = tmp_path_factory.mktemp("videos")
+    for i in range(6):
+        cls = "dog" if i % 2 else "cat"
+        (root / cls).mkdir(exist_ok=True)
+        write_test_video(root / cls / f"vid{i:02d}.mp4", seconds=1.5, fps=12, size=(80, 60), audio_rate=22050,
+                         seed=i)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded local Ray for the whole session (ray.init is slow)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+class RayCluster:
+    """A real 2-node Ray cluster on 127.0.0.1 started with `ray start`; its processes are found by its temp dir."""
+
+    def __init__(self, port: int = 6390):
+        import tempfile
+
+        self.port = port
+        self.tmp = tempfile.mkdtemp(prefix="avtta-rc-", dir="/tmp")  # short: Ray's socket paths are length-limited
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        self.ray = str(Path(sys.executable).with_name("ray"))
+
+    def start(self) -> str:
+        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+        head = subprocess.run([self.ray, "start", "--head", f"--port={self.port}", f"--temp-dir={self.tmp}",
+                               "--include-dashboard=false", *common], env=self.env, capture_output=True, text=True)
+        assert head.returncode == 0, head.stderr[-2000:]
+        worker = subprocess.run([self.ray, "start", f"--address=127.0.0.1:{self.port}", *common],
+                                env=self.env, capture_output=True, text=True)
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        # `ray stop` would kill every Ray process of the machine (other tests' too): kill only this cluster's
+        subprocess.run(["pkill", "-9", "-f", self.tmp], capture_output=True)
+        subprocess.run(["pkill", "-9", "-f", f"127.0.0.1:{self.port}"], capture_output=True)
+
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """Address of a real 2-node Ray cluster on 127.0.0.1 (`ray start --head`, then `ray start --address`)."""
+    cluster = RayCluster(port=6390)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

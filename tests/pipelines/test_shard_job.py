@@ -128,49 +128,17 @@ def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "avtta", *args], env=env, capture_output=True, text=True, **kw)
 
 
-class RayCluster:
-    """A real 2-node Ray cluster on 127.0.0.1 started with `ray start`; its processes are found by its temp dir."""
-
-    def __init__(self, port: int = 6390):
-        import tempfile
-
-        self.port = port
-        self.tmp = tempfile.mkdtemp(prefix="avtta-rc-", dir="/tmp")  # short: Ray's socket paths are length-limited
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-        self.ray = str(Path(sys.executable).with_name("ray"))
-
-    def start(self) -> str:
-        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-        head = subprocess.run([self.ray, "start", "--head", f"--port={self.port}", f"--temp-dir={self.tmp}",
-                               "--include-dashboard=false", *common], env=self.env, capture_output=True, text=True)
-        assert head.returncode == 0, head.stderr[-2000:]
-        worker = subprocess.run([self.ray, "start", f"--address=127.0.0.1:{self.port}", *common],
-                                env=self.env, capture_output=True, text=True)
-        assert worker.returncode == 0, worker.stderr[-2000:]
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        # `ray stop` would kill every Ray process of the machine (other tests' too): kill only this cluster's
-        subprocess.run(["pkill", "-9", "-f", self.tmp], capture_output=True)
-        subprocess.run(["pkill", "-9", "-f", f"127.0.0.1:{self.port}"], capture_output=True)
-
-
 @pytest.mark.slow
 @pytest.mark.ray
-def test_two_node_cluster_gives_same_bytes(small_videos, tmp_path):
-    cluster = RayCluster(port=6390)
-    try:
-        address = cluster.start()
-        args = ["shard", "--videos", str(small_videos), "--dataset", "toy", "--frames", "4", "--shard-size", "4",
-                "--seed", "7", "--no-progress", "--corrupt", *SPECS]
-        res = _cli(*args, "--out", str(tmp_path / "cluster"), "--ray-address", address)
-        assert res.returncode == 0, res.stderr[-3000:]
-        assert "2 workers on 2 CPUs" in res.stderr  # both nodes' CPUs were used
-        res = _cli(*args, "--out", str(tmp_path / "serial"), "--workers", "0")
-        assert res.returncode == 0, res.stderr[-3000:]
-        assert tree_digest(tmp_path / "cluster") == tree_digest(tmp_path / "serial")
-    finally:
-        cluster.stop()
+def test_two_node_cluster_gives_same_bytes(small_videos, tmp_path, ray_cluster):
+    args = ["shard", "--videos", str(small_videos), "--dataset", "toy", "--frames", "4", "--shard-size", "4",
+            "--seed", "7", "--no-progress", "--corrupt", *SPECS]
+    res = _cli(*args, "--out", str(tmp_path / "cluster"), "--ray-address", ray_cluster)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 workers on 2 CPUs" in res.stderr  # both nodes' CPUs were used
+    res = _cli(*args, "--out", str(tmp_path / "serial"), "--workers", "0")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert tree_digest(tmp_path / "cluster") == tree_digest(tmp_path / "serial")
 
 
 @pytest.mark.slow
