@@ -68,6 +68,11 @@ def _frame_index(cfg: ReaderConfig, num_frames: int, rng: random.Random) -> int:
 
 def image_transform(jpeg: bytes, im_res: int) -> torch.Tensor:
     """The CAV-MAE eval image transform: Resize(im_res, bicubic) + CenterCrop + ToTensor + Normalize."""
+    return normalize_images(load_image(jpeg, im_res)[None])[0]
+
+
+def load_image(jpeg: bytes, im_res: int) -> torch.Tensor:
+    """JPEG -> uint8 [3, im_res, im_res]: PIL decode, Resize(im_res, bicubic) + CenterCrop when not already that size."""
     img = Image.open(io.BytesIO(jpeg)).convert("RGB")
     w, h = img.size
     if (w, h) != (im_res, im_res):
@@ -79,15 +84,30 @@ def image_transform(jpeg: bytes, im_res: int) -> torch.Tensor:
             img = img.resize((nw, nh), Image.BICUBIC)
         left, top = int(round((nw - im_res) / 2.0)), int(round((nh - im_res) / 2.0))
         img = img.crop((left, top, left + im_res, top + im_res))
-    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(3, 1, 1)
-    return x.sub_(mean).div_(std)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def normalize_images(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float32 ToTensor + ImageNet Normalize (batched: cheaper than per sample)."""
+    mean = torch.tensor(IMAGE_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=x.device).view(1, 3, 1, 1)
+    return x.float().div_(255.0).sub_(mean).div_(std)
+
+
+def normalize_fbank(x: torch.Tensor) -> torch.Tensor:
+    """Raw log-mel fbank -> the CAV-MAE model input (mean -5.081, std 4.4849 for every data set)."""
+    return (x.float() - FBANK_MEAN) / FBANK_STD
 
 
 def fbank_transform(fbank: np.ndarray, cfg: ReaderConfig, gen: torch.Generator | None) -> torch.Tensor:
     """float16 [T,128] -> normalised float32 [target_length, 128], with optional SpecAugment masks."""
-    x = torch.from_numpy(np.asarray(fbank, dtype=np.float32))
+    return normalize_fbank(load_fbank(fbank, cfg, gen))
+
+
+def load_fbank(fbank: np.ndarray, cfg: ReaderConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """Raw fbank -> [target_length, 128] (zero-padded / cut; masks set to 0 = the reference's pre-normalisation
+    masking), kept in its stored dtype; normalised later, batched."""
+    x = torch.from_numpy(np.asarray(fbank))
     t = x.shape[0]
     if t < cfg.target_length:
         x = torch.nn.functional.pad(x, (0, 0, 0, cfg.target_length - t))
@@ -103,7 +123,7 @@ def fbank_transform(fbank: np.ndarray, cfg: ReaderConfig, gen: torch.Generator |
             w = int(torch.randint(0, cfg.timem + 1, (1,), generator=gen))
             t0 = int(torch.randint(0, x.shape[0] - w + 1, (1,), generator=gen))
             x[t0 : t0 + w, :] = 0.0
-    return (x - FBANK_MEAN) / FBANK_STD
+    return x
 
 
 def _iter_raw(paths: Sequence[str]) -> Iterator[dict[str, Any]]:
@@ -168,8 +188,8 @@ class ShardStream(IterableDataset):
             raise ValueError(f"sample {raw.get('__key__')} in {raw.get('__url__')} has no frames")
         k = _frame_index(cfg, len(frames), rng)
         out = {
-            "audio": fbank_transform(decode_npy(raw[FBANK_FIELD]), cfg, gen),
-            "video": image_transform(raw[FRAME_FIELD.format(k)], cfg.im_res),
+            "audio": load_fbank(decode_npy(raw[FBANK_FIELD]), cfg, gen),  # raw float16; normalised in collate()
+            "video": load_image(raw[FRAME_FIELD.format(k)], cfg.im_res),  # uint8; normalised in collate()
             "label": int(raw[LABEL_FIELD]),
             "key": raw["__key__"],
         }
@@ -194,8 +214,8 @@ def _shuffle(source: Iterator[Any], bufsize: int, rng: random.Random) -> Iterato
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch = {
-        "audio": torch.stack([s["audio"] for s in samples]),
-        "video": torch.stack([s["video"] for s in samples]),
+        "audio": normalize_fbank(torch.stack([s["audio"] for s in samples])),
+        "video": normalize_images(torch.stack([s["video"] for s in samples])),
         "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
         "key": [s["key"] for s in samples],
     }

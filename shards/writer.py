@@ -16,7 +16,7 @@ import webdataset as wds
 
 from .schema import SchemaError, Sample, encode_sample, validate_key
 
-TAR_MTIME = 0.0  # fixed header fields -> reproducible bytes
+TAR_MTIME = 0  # fixed header fields -> reproducible bytes (an int: a float mtime adds a PAX header per member)
 TAR_USER = "avtta"
 TAR_MODE = 0o444
 

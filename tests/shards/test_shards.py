@@ -11,7 +11,7 @@ import webdataset as wds
 from PIL import Image
 
 from avtta.shards import SchemaError, ShardWriter, decode_sample
-from avtta.shards.reader import FBANK_MEAN, FBANK_STD, ReaderConfig, ShardStream, image_transform
+from avtta.shards.reader import FBANK_MEAN, FBANK_STD, ReaderConfig, ShardStream, collate, image_transform
 from avtta.shards.schema import METADATA_FIELDS, Sample
 
 
@@ -108,13 +108,13 @@ def test_reader_transforms_and_deterministic_shuffle(tmp_path):
     keys3 = [s["key"] for s in ShardStream(paths, ReaderConfig(seed=4, shuffle_buffer=4))]
     assert keys1 == keys2 and sorted(keys1) == sorted(keys3) and keys1 != keys3
     assert len(set(keys1)) == 15
-    s = next(iter(ShardStream(paths[:1], ReaderConfig(shuffle=False))))
+    s = collate([next(iter(ShardStream(paths[:1], ReaderConfig(shuffle=False))))])
     orig = make_sample("c0_0", 0)
     expect = (torch.from_numpy(orig.fbank.astype(np.float32)) - FBANK_MEAN) / FBANK_STD
-    torch.testing.assert_close(s["audio"], expect)
+    torch.testing.assert_close(s["audio"][0], expect)
     # frame 5 does not exist with 3 frames -> eval picks the middle one
-    torch.testing.assert_close(s["video"], image_transform(orig.frames[1], 224))
-    assert s["video"].shape == (3, 224, 224) and s["label"] == 0
+    torch.testing.assert_close(s["video"][0], image_transform(orig.frames[1], 224))
+    assert s["video"].shape == (1, 3, 224, 224) and s["audio"].dtype == torch.float32 and s["label"].tolist() == [0]
 
 
 def test_image_transform_matches_torchvision():

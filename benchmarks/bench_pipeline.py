@@ -1,0 +1,148 @@
+"""Benchmark the shard pipeline and the streaming reader against the reference way, side by side in one run.
+
+1. raw mp4 -> shards (decode with PyAV, 10 frames, fbank, JPEG, tar), clips/s with 1 and 2 Ray workers (embedded
+   local Ray) and in-process.
+2. Reading for evaluation: our streaming reader (``avtta.shards.open_dataset``) vs the reference layout's loader
+   (JPEG frame folders + 16 kHz wav files listed in a JSON file, decoded per sample as the CAV-MAE / READ / BriMPR
+   ``AudiosetDataset`` does: PIL open + Resize(224, bicubic) + CenterCrop + ToTensor + Normalize, wav load + DC removal
+   + Kaldi fbank + pad + normalise), both through a torch DataLoader with the same workers and batch size.
+
+Run inside a loopback-only network namespace (Ray): ``unshare -n sh -c 'ip link set lo up && .venv/bin/python
+benchmarks/bench_pipeline.py'`` (``make bench`` does it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from avtta.pipelines.decode import decode_clip
+from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
+from avtta.pipelines.synth import write_test_video
+from avtta.shards import open_dataset
+
+
+class ReferenceLoader(Dataset):
+    """The reference data loader's per-sample work (spec preprocessing.md 2.1-2.2), reading the reference layout."""
+
+    def __init__(self, json_path: str, frame: int = 5):
+        from torchvision import transforms as T
+
+        self.data = json.loads(Path(json_path).read_text())["data"]
+        self.frame = frame
+        self.preprocess = T.Compose([
+            T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
+            T.Normalize(mean=[0.4850, 0.4560, 0.4060], std=[0.2290, 0.2240, 0.2250]),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        import torchaudio
+
+        item = self.data[i]
+        wav, sr = sf.read(item["wav"], dtype="float32", always_2d=True)  # torchaudio.load needs torchcodec here
+        waveform = torch.from_numpy(wav.T.copy())
+        waveform = waveform - waveform.mean()
+        fbank = torchaudio.compliance.kaldi.fbank(
+            waveform, htk_compat=True, sample_frequency=sr, use_energy=False, window_type="hanning",
+            num_mel_bins=128, dither=0.0, frame_shift=10,
+        )
+        p = 1024 - fbank.shape[0]
+        fbank = torch.nn.functional.pad(fbank, (0, 0, 0, p)) if p > 0 else fbank[:1024]
+        fbank = (fbank + 5.081) / 4.4849
+        image = self.preprocess(Image.open(f"{item['video_path']}/frame_{self.frame}/{item['video_id']}.jpg"))
+        return fbank, image, 0
+
+
+def make_clips(root: Path, n: int, seconds: float, size: tuple[int, int]) -> Path:
+    videos = root / "videos" / "c"
+    videos.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        p = videos / f"clip{i:04d}.mp4"
+        if not p.exists():
+            write_test_video(p, seconds=seconds, fps=25, size=size, audio_rate=44100, channels=2, seed=i)
+    return videos.parent
+
+
+def make_reference_layout(videos: Path, root: Path) -> Path:
+    """The reference tree for the same clips: frame_K/<id>.jpg (224 px, q75) + <id>.wav (16 kHz PCM16) + JSON."""
+    frames_root, wav_root = root / "frames", root / "wavs"
+    entries = []
+    for p in sorted(videos.rglob("*.mp4")):
+        clip = decode_clip(p, num_frames=10)
+        for k, frame in enumerate(clip.frames):
+            (frames_root / f"frame_{k}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(frame).save(frames_root / f"frame_{k}" / f"{p.stem}.jpg", quality=75)
+        wav_root.mkdir(parents=True, exist_ok=True)
+        sf.write(wav_root / f"{p.stem}.wav", clip.waveform, 16000, subtype="PCM_16")
+        entries.append({"video_id": p.stem, "wav": str(wav_root / f"{p.stem}.wav"), "video_path": str(frames_root),
+                        "labels": "c"})
+    path = root / "test.json"
+    path.write_text(json.dumps({"data": entries}))
+    return path
+
+
+def time_loader(loader, n_expected: int, repeats: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = 0
+        for batch in loader:
+            n += len(batch["key"]) if isinstance(batch, dict) else len(batch[0])
+        best = min(best, time.perf_counter() - t0)
+        assert n == n_expected, (n, n_expected)
+    return n_expected / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clips", type=int, default=48)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--size", default="320x240")
+    ap.add_argument("--workdir", help="keep data here (default: a temporary folder)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    w, h = map(int, args.size.split("x"))
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="avtta-bench-"))
+    videos = make_clips(root, args.clips, args.seconds, (w, h))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(f"{args.clips} clips of {args.seconds:.0f} s, {w}x{h} H.264 25 fps + AAC 44.1 kHz stereo\n")
+
+    rows = []
+    for label, workers in (("in-process (no Ray)", 0), ("Ray, 1 worker", 1), ("Ray, 2 workers", 2)):
+        out = root / f"shards-{workers}"
+        cfg = ShardJobConfig(videos=str(videos), out=str(out), dataset="bench", split="test", frames=10,
+                             shard_size=16, workers=workers, progress=False)
+        t0 = time.perf_counter()
+        run_shard_job(cfg)
+        dt = time.perf_counter() - t0
+        rows.append((f"raw mp4 -> shards, {label}", args.clips / dt, "clips/s"))
+        print(f"{rows[-1][0]:48s} {rows[-1][1]:8.2f} clips/s  ({dt:.1f} s incl. Ray start-up)")
+
+    ref_json = make_reference_layout(videos, root / "reference")
+    for workers in (0, 2):
+        ours = open_dataset(root / "shards-2", "bench", "test", batch_size=args.batch_size, num_workers=workers)
+        ref = DataLoader(ReferenceLoader(str(ref_json)), batch_size=args.batch_size, shuffle=True,
+                         num_workers=workers)
+        s_ours = time_loader(ours, args.clips)
+        s_ref = time_loader(ref, args.clips)
+        print(f"{'reader, ' + str(workers) + ' DataLoader workers':48s} ours {s_ours:8.1f} samples/s | reference "
+              f"{s_ref:8.1f} samples/s | ratio {s_ours / s_ref:5.1f}x")
+
+
+if __name__ == "__main__":
+    main()
