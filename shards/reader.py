@@ -213,9 +213,20 @@ def _shuffle(source: Iterator[Any], bufsize: int, rng: random.Random) -> Iterato
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples into one float32 batch, converting and normalising in place (one allocation per tensor)."""
+    b = len(samples)
+    audio = torch.empty((b, *samples[0]["audio"].shape), dtype=torch.float32)
+    video = torch.empty((b, *samples[0]["video"].shape), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        audio[i].copy_(s["audio"])
+        video[i].copy_(s["video"])
+    audio.sub_(FBANK_MEAN).div_(FBANK_STD)
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1).mul_(255.0)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1).mul_(255.0)
+    video.sub_(mean).div_(std)  # == (x / 255 - mean) / std
     batch = {
-        "audio": normalize_fbank(torch.stack([s["audio"] for s in samples])),
-        "video": normalize_images(torch.stack([s["video"] for s in samples])),
+        "audio": audio,
+        "video": video,
         "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
         "key": [s["key"] for s in samples],
     }
