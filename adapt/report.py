@@ -75,8 +75,15 @@ def heatmap(rows: list[dict[str, Any]], path: str | Path, metric: str = "accurac
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
             if not np.isnan(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                        color="white" if data[i, j] < np.nanmean(data) else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{data[i, j]:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if data[i, j] < np.nanmean(data) else "black",
+                )
     fig.colorbar(im, ax=ax, label=f"{metric} (%)")
     ax.set_title(title or f"{metric} (%) per method and condition")
     path = Path(path)

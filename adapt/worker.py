@@ -36,13 +36,39 @@ log = logging.getLogger(__name__)
 
 # Reference orders (BriMPR run.py); sets not listed here follow in alphabetical order.
 VIDEO_ORDER = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "snow",
-    "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
 )
 AUDIO_ORDER = ("gaussian_noise", "traffic", "crowd", "rain", "thunder", "wind")
 AV_ORDER = (
-    "gaussian", "impulse", "shot", "speckle", "compression", "snow", "frost", "spatter", "wind", "rain", "underwater",
-    "concert", "smoke", "crowd", "interference",
+    "gaussian",
+    "impulse",
+    "shot",
+    "speckle",
+    "compression",
+    "snow",
+    "frost",
+    "spatter",
+    "wind",
+    "rain",
+    "underwater",
+    "concert",
+    "smoke",
+    "crowd",
+    "interference",
 )
 PROTOCOLS = ("clean", "video", "audio", "both", "av")
 
@@ -134,9 +160,13 @@ def resolve_conditions(cfg: AdaptConfig, catalog: Any) -> list[Condition]:
                     v, a = item.split("+", 1)
                     for name, have, kind in ((v, vhave, "video"), (a, ahave, "audio")):
                         if name not in have:
-                            raise ValueError(f"no {kind} set {name!r} at severity {sev} in the catalog; have {sorted(have)}")
+                            raise ValueError(
+                                f"no {kind} set {name!r} at severity {sev} in the catalog; have {sorted(have)}"
+                            )
                     pairs.append((v, a))
-            conditions += [Condition(f"{v}+{a}", "both", sev, (f"video:{v}@{sev}", f"audio:{a}@{sev}")) for v, a in pairs]
+            conditions += [
+                Condition(f"{v}+{a}", "both", sev, (f"video:{v}@{sev}", f"audio:{a}@{sev}")) for v, a in pairs
+            ]
     if not conditions:
         raise ValueError(f"nothing to run: no {cfg.protocol} shard sets of {cfg.dataset}/{cfg.split} in {cfg.catalog}")
     return conditions
@@ -221,7 +251,13 @@ class AdaptationWorker:
         from avtta.shards import open_dataset
 
         loader = open_dataset(
-            self.catalog, self.cfg.dataset, self.cfg.source_split, "clean", batch_size=64, seed=seed, shuffle=True,
+            self.catalog,
+            self.cfg.dataset,
+            self.cfg.source_split,
+            "clean",
+            batch_size=64,
+            seed=seed,
+            shuffle=True,
             num_workers=self.cfg.num_workers,
         )
         seen = 0
@@ -274,8 +310,14 @@ class AdaptationWorker:
         rows = []
         for cond in job.conditions:
             loader = open_dataset(
-                self.catalog, self.cfg.dataset, self.cfg.split, cond.reader_selection, batch_size=self.cfg.batch_size,
-                seed=job.seed, shuffle=True, num_workers=self.cfg.num_workers,
+                self.catalog,
+                self.cfg.dataset,
+                self.cfg.split,
+                cond.reader_selection,
+                batch_size=self.cfg.batch_size,
+                seed=job.seed,
+                shuffle=True,
+                num_workers=self.cfg.num_workers,
                 pin_memory=self.device.type == "cuda",
             )
             correct = total = 0
@@ -331,8 +373,14 @@ def run_adaptation(cfg: AdaptConfig) -> list[dict[str, Any]]:
     (out / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
     per_job = {c.name: catalog.get(cfg.dataset, cfg.split, *_split_sel(c.selection[0])).samples for c in conditions}
     total = sum(per_job[c.name] for j in jobs for c in j.conditions)
-    log.info("%d jobs: %d methods x %d conditions x %d seeds%s", len(jobs), len(methods), len(conditions),
-             len(cfg.seeds), " (continual)" if cfg.continual else "")
+    log.info(
+        "%d jobs: %d methods x %d conditions x %d seeds%s",
+        len(jobs),
+        len(methods),
+        len(conditions),
+        len(cfg.seeds),
+        " (continual)" if cfg.continual else "",
+    )
     if cfg.ray_address:
         rows = _run_on_ray(cfg, jobs, total)
     else:
@@ -368,8 +416,13 @@ def _run_on_ray(cfg: AdaptConfig, jobs: list[Job], total: int) -> list[dict[str,
         options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
         actor_cls = ray.remote(**options)(_RayWorker)
         # the actors see the same files: the catalog and checkpoint paths must be shared (absolute)
-        rcfg = replace(cfg, catalog=str(Path(cfg.catalog).resolve()), checkpoint=str(Path(cfg.checkpoint).resolve()),
-                       progress=False, num_workers=min(cfg.num_workers, 1))
+        rcfg = replace(
+            cfg,
+            catalog=str(Path(cfg.catalog).resolve()),
+            checkpoint=str(Path(cfg.checkpoint).resolve()),
+            progress=False,
+            num_workers=min(cfg.num_workers, 1),
+        )
         actors = [actor_cls.remote(rcfg) for _ in range(n)]
         log.info("Ray: %d adaptation actors (%s)", n, "1 GPU each" if gpus else "CPU")
         pool = ActorPool(actors)

@@ -21,16 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-
 from avtta.pipelines.decode import decode_clip
 from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
 from avtta.pipelines.synth import write_test_video
 from avtta.shards import open_dataset
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 
 class ReferenceLoader(Dataset):
@@ -41,10 +39,14 @@ class ReferenceLoader(Dataset):
 
         self.data = json.loads(Path(json_path).read_text())["data"]
         self.frame = frame
-        self.preprocess = T.Compose([
-            T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
-            T.Normalize(mean=[0.4850, 0.4560, 0.4060], std=[0.2290, 0.2240, 0.2250]),
-        ])
+        self.preprocess = T.Compose(
+            [
+                T.Resize(224, interpolation=T.InterpolationMode.BICUBIC),
+                T.CenterCrop(224),
+                T.ToTensor(),
+                T.Normalize(mean=[0.4850, 0.4560, 0.4060], std=[0.2290, 0.2240, 0.2250]),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.data)
@@ -57,8 +59,14 @@ class ReferenceLoader(Dataset):
         waveform = torch.from_numpy(wav.T.copy())
         waveform = waveform - waveform.mean()
         fbank = torchaudio.compliance.kaldi.fbank(
-            waveform, htk_compat=True, sample_frequency=sr, use_energy=False, window_type="hanning",
-            num_mel_bins=128, dither=0.0, frame_shift=10,
+            waveform,
+            htk_compat=True,
+            sample_frequency=sr,
+            use_energy=False,
+            window_type="hanning",
+            num_mel_bins=128,
+            dither=0.0,
+            frame_shift=10,
         )
         p = 1024 - fbank.shape[0]
         fbank = torch.nn.functional.pad(fbank, (0, 0, 0, p)) if p > 0 else fbank[:1024]
@@ -88,8 +96,9 @@ def make_reference_layout(videos: Path, root: Path) -> Path:
             Image.fromarray(frame).save(frames_root / f"frame_{k}" / f"{p.stem}.jpg", quality=75)
         wav_root.mkdir(parents=True, exist_ok=True)
         sf.write(wav_root / f"{p.stem}.wav", clip.waveform, 16000, subtype="PCM_16")
-        entries.append({"video_id": p.stem, "wav": str(wav_root / f"{p.stem}.wav"), "video_path": str(frames_root),
-                        "labels": "c"})
+        entries.append(
+            {"video_id": p.stem, "wav": str(wav_root / f"{p.stem}.wav"), "video_path": str(frames_root), "labels": "c"}
+        )
     path = root / "test.json"
     path.write_text(json.dumps({"data": entries}))
     return path
@@ -125,8 +134,16 @@ def main() -> None:
     rows = []
     for label, workers in (("in-process (no Ray)", 0), ("Ray, 1 worker", 1), ("Ray, 2 workers", 2)):
         out = root / f"shards-{workers}"
-        cfg = ShardJobConfig(videos=str(videos), out=str(out), dataset="bench", split="test", frames=10,
-                             shard_size=16, workers=workers, progress=False)
+        cfg = ShardJobConfig(
+            videos=str(videos),
+            out=str(out),
+            dataset="bench",
+            split="test",
+            frames=10,
+            shard_size=16,
+            workers=workers,
+            progress=False,
+        )
         t0 = time.perf_counter()
         run_shard_job(cfg)
         dt = time.perf_counter() - t0
@@ -136,12 +153,13 @@ def main() -> None:
     ref_json = make_reference_layout(videos, root / "reference")
     for workers in (0, 2):
         ours = open_dataset(root / "shards-2", "bench", "test", batch_size=args.batch_size, num_workers=workers)
-        ref = DataLoader(ReferenceLoader(str(ref_json)), batch_size=args.batch_size, shuffle=True,
-                         num_workers=workers)
+        ref = DataLoader(ReferenceLoader(str(ref_json)), batch_size=args.batch_size, shuffle=True, num_workers=workers)
         s_ours = time_loader(ours, args.clips)
         s_ref = time_loader(ref, args.clips)
-        print(f"{'reader, ' + str(workers) + ' DataLoader workers':48s} ours {s_ours:8.1f} samples/s | reference "
-              f"{s_ref:8.1f} samples/s | ratio {s_ours / s_ref:5.1f}x")
+        print(
+            f"{'reader, ' + str(workers) + ' DataLoader workers':48s} ours {s_ours:8.1f} samples/s | reference "
+            f"{s_ref:8.1f} samples/s | ratio {s_ours / s_ref:5.1f}x"
+        )
 
 
 if __name__ == "__main__":

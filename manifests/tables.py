@@ -27,7 +27,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from avtta.shards.schema import SCHEMA_VERSION
 
 CATALOG_FILE = "catalog.parquet"
@@ -53,7 +52,9 @@ SAMPLES_SCHEMA = pa.schema(
         ("missing", pa.string()),  # comma-separated filled modalities ("" when none)
     ]
 )
-SHARDS_SCHEMA = pa.schema([("file", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()), ("sha256", pa.string())])
+SHARDS_SCHEMA = pa.schema(
+    [("file", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()), ("sha256", pa.string())]
+)
 FAILURES_SCHEMA = pa.schema([("path", pa.string()), ("video_id", pa.string()), ("reason", pa.string())])
 
 
@@ -310,7 +311,7 @@ def format_table(rows: Iterable[dict[str, Any]]) -> str:
     cols = list(rows[0].keys())
     cells = [[str(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |"]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + " |"]
     lines.append("| " + " | ".join("-" * w for w in widths) + " |")
-    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in cells]
+    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + " |" for row in cells]
     return "\n".join(lines)

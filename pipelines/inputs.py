@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
 from avtta.manifests import read_label_csv
 from avtta.shards.schema import sanitize_key
 

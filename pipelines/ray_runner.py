@@ -110,4 +110,3 @@ def _run_ray(tasks, fn, *, workers, address, bar, unit_of) -> list[Any]:
     finally:
         if started_here:
             ray.shutdown()
-

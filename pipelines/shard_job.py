@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from avtta.corruptions import CorruptionOptions, CorruptionSpec, apply_corruption, parse_specs
 from avtta.manifests import (
     FAILURES_SCHEMA,
@@ -47,6 +45,7 @@ from avtta.shards.schema import (
     Sample,
 )
 from avtta.shards.writer import ShardWriter
+from PIL import Image
 
 from .inputs import ClipInput, list_inputs
 
@@ -169,10 +168,9 @@ def _json_safe(obj: Any) -> Any:
 
 def process_chunk(task: ChunkTask) -> ChunkReport:
     """Decode each clip of the chunk once and write its samples into every target set's shard."""
+    import torch
     from avtta.pipelines.decode import DecodeError, decode_clip
     from avtta.pipelines.features import compute_fbank, quantize_pcm16
-
-    import torch
     from threadpoolctl import threadpool_limits
 
     # One thread for torch and BLAS: float reductions (fbank, SNRs) then give the same bits in every process,
@@ -224,7 +222,12 @@ def _process_chunk(task: ChunkTask, decode_clip, DecodeError, compute_fbank, qua
                 spec = t.spec
                 try:
                     frames, wave, params = apply_corruption(
-                        spec, dec.frames, dec.waveform, seed=cfg.seed, key=clip.key, sample_rate=dec.sample_rate,
+                        spec,
+                        dec.frames,
+                        dec.waveform,
+                        seed=cfg.seed,
+                        key=clip.key,
+                        sample_rate=dec.sample_rate,
                         options=cfg.options,
                     )
                     if spec.modality in ("clean", "audio"):
@@ -297,9 +300,19 @@ def _process_chunk(task: ChunkTask, decode_clip, DecodeError, compute_fbank, qua
             shard = None
             if t.relpath in writers:
                 size, digest = writers.pop(t.relpath).close()
-                shard = {"file": shard_name(task.index), "samples": len(rows[t.relpath]), "bytes": size, "sha256": digest}
+                shard = {
+                    "file": shard_name(task.index),
+                    "samples": len(rows[t.relpath]),
+                    "bytes": size,
+                    "sha256": digest,
+                }
                 report.bytes += size
-            part = {"fingerprint": t.fingerprint, "shard": shard, "samples": rows[t.relpath], "failures": fails[t.relpath]}
+            part = {
+                "fingerprint": t.fingerprint,
+                "shard": shard,
+                "samples": rows[t.relpath],
+                "failures": fails[t.relpath],
+            }
             write_json(part, part_path(task.out, t, task.index))
     finally:
         for w in writers.values():
@@ -361,7 +374,9 @@ def check_resume(cfg: ShardJobConfig, targets: list[SetTarget]) -> None:
             write_json({"fingerprint": t.fingerprint, "spec": str(t.spec)}, job_file)
 
 
-def assemble(cfg: ShardJobConfig, tasks: list[ChunkTask], targets: list[SetTarget], num_classes: int) -> list[ShardSetInfo]:
+def assemble(
+    cfg: ShardJobConfig, tasks: list[ChunkTask], targets: list[SetTarget], num_classes: int
+) -> list[ShardSetInfo]:
     """Write each set's manifests and set.json from its chunk parts (all chunks must be done)."""
     infos = []
     for t in targets:
@@ -439,7 +454,8 @@ class JobSummary:
         return (
             f"{self.clips} clips: {self.ok} ok, {self.failed} failed; {len(self.sets)} shard sets, "
             f"{self.shards} shards, {self.bytes / 1e6:.1f} MB; {self.seconds:.1f} s "
-            f"({self.clips_per_second:.2f} clips/s)" + (f"; {self.resumed_chunks} chunks resumed" if self.resumed_chunks else "")
+            f"({self.clips_per_second:.2f} clips/s)"
+            + (f"; {self.resumed_chunks} chunks resumed" if self.resumed_chunks else "")
         )
 
 
@@ -455,8 +471,11 @@ def run_shard_job(cfg: ShardJobConfig) -> JobSummary:
     remove_stale_temporaries(cfg.out, targets)
     todo = [t for t in tasks if not all(part_path(cfg.out, s, t.index).exists() for s in targets)]
     log.info(
-        "%d clips in %d chunks x %d shard sets (%d chunks to do)", sum(len(t.clips) for t in tasks), len(tasks),
-        len(targets), len(todo),
+        "%d clips in %d chunks x %d shard sets (%d chunks to do)",
+        sum(len(t.clips) for t in tasks),
+        len(tasks),
+        len(targets),
+        len(todo),
     )
     reports = run_tasks(todo, workers=cfg.workers, address=cfg.ray_address, progress=cfg.progress)
     infos = assemble(cfg, tasks, targets, len(classes))

@@ -45,7 +45,9 @@ def parse_selection(corruption: str, modality: str | None = None, severity: int 
         except ValueError:
             raise ValueError(f"bad severity in corruption {corruption!r}") from None
     if modality is None or severity is None:
-        raise ValueError(f"corruption {corruption!r}: give it as 'modality:name@severity' or pass modality= and severity=")
+        raise ValueError(
+            f"corruption {corruption!r}: give it as 'modality:name@severity' or pass modality= and severity="
+        )
     return modality, text, int(severity)
 
 
@@ -86,7 +88,12 @@ def open_dataset(
 
     cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
     cfg = ReaderConfig(
-        frame=frame, freqm=freqm, timem=timem, shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed,
+        frame=frame,
+        freqm=freqm,
+        timem=timem,
+        shuffle=shuffle,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
         with_metadata=with_metadata,
     )
     if isinstance(corruption, (tuple, list)):

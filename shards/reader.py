@@ -72,7 +72,7 @@ def image_transform(jpeg: bytes, im_res: int) -> torch.Tensor:
 
 
 def load_image(jpeg: bytes, im_res: int) -> torch.Tensor:
-    """JPEG -> uint8 [3, im_res, im_res]: PIL decode, Resize(im_res, bicubic) + CenterCrop when not already that size."""
+    """JPEG -> uint8 [3, im_res, im_res]: PIL decode, Resize(im_res, bicubic) + CenterCrop unless already that size."""
     img = Image.open(io.BytesIO(jpeg)).convert("RGB")
     w, h = img.size
     if (w, h) != (im_res, im_res):

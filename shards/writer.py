@@ -14,7 +14,7 @@ from typing import Any
 
 import webdataset as wds
 
-from .schema import SchemaError, Sample, encode_sample, validate_key
+from .schema import Sample, SchemaError, encode_sample, validate_key
 
 TAR_MTIME = 0  # fixed header fields -> reproducible bytes (an int: a float mtime adds a PAX header per member)
 TAR_USER = "avtta"
@@ -44,7 +44,9 @@ class ShardWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = tmp_name(self.path)
         self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
-        self._tar = wds.TarWriter(self._fh, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, encoder=False, mtime=TAR_MTIME)
+        self._tar = wds.TarWriter(
+            self._fh, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, encoder=False, mtime=TAR_MTIME
+        )
         self._keys: set[str] = set()
         self.count = 0
 

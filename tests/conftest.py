@@ -54,8 +54,7 @@ def small_videos(tmp_path_factory):
     for i in range(6):
         cls = "dog" if i % 2 else "cat"
         (root / cls).mkdir(exist_ok=True)
-        write_test_video(root / cls / f"vid{i:02d}.mp4", seconds=1.5, fps=12, size=(80, 60), audio_rate=22050,
-                         seed=i)
+        write_test_video(root / cls / f"vid{i:02d}.mp4", seconds=1.5, fps=12, size=(80, 60), audio_rate=22050, seed=i)
     return root
 
 
@@ -84,11 +83,27 @@ class RayCluster:
 
     def start(self) -> str:
         common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-        head = subprocess.run([self.ray, "start", "--head", f"--port={self.port}", f"--temp-dir={self.tmp}",
-                               "--include-dashboard=false", *common], env=self.env, capture_output=True, text=True)
+        head = subprocess.run(
+            [
+                self.ray,
+                "start",
+                "--head",
+                f"--port={self.port}",
+                f"--temp-dir={self.tmp}",
+                "--include-dashboard=false",
+                *common,
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
         assert head.returncode == 0, head.stderr[-2000:]
-        worker = subprocess.run([self.ray, "start", f"--address=127.0.0.1:{self.port}", *common],
-                                env=self.env, capture_output=True, text=True)
+        worker = subprocess.run(
+            [self.ray, "start", f"--address=127.0.0.1:{self.port}", *common],
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
         assert worker.returncode == 0, worker.stderr[-2000:]
         return f"127.0.0.1:{self.port}"
 
@@ -96,7 +111,6 @@ class RayCluster:
         # `ray stop` would kill every Ray process of the machine (other tests' too): kill only this cluster's
         subprocess.run(["pkill", "-9", "-f", self.tmp], capture_output=True)
         subprocess.run(["pkill", "-9", "-f", f"127.0.0.1:{self.port}"], capture_output=True)
-
 
 
 @pytest.fixture(scope="session")

@@ -32,11 +32,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--catalog", required=True, help="output root of `avtta shard` / `avtta import`")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--protocol", default="video", choices=["clean", "video", "audio", "both", "av"],
-                   help="video/audio: one modality corrupted (BriMPR run.py); both: video x audio pairs "
-                   "(run_both.py); av: AVRobustBench pairs; clean")
-    p.add_argument("--corruptions", type=_names, default=("all",),
-                   help="comma-separated names, 'all' (default); for --protocol both: VIDEO+AUDIO pairs")
+    p.add_argument(
+        "--protocol",
+        default="video",
+        choices=["clean", "video", "audio", "both", "av"],
+        help="video/audio: one modality corrupted (BriMPR run.py); both: video x audio pairs "
+        "(run_both.py); av: AVRobustBench pairs; clean",
+    )
+    p.add_argument(
+        "--corruptions",
+        type=_names,
+        default=("all",),
+        help="comma-separated names, 'all' (default); for --protocol both: VIDEO+AUDIO pairs",
+    )
     p.add_argument("--severity", type=_ints, default=(5,), help="severity or list/range, e.g. 5 or 1-5 (default 5)")
     p.add_argument("--methods", type=_names, default=("all",), help="all (default) or e.g. source,tent,read")
     p.add_argument("--checkpoint", required=True, help="released CAV-MAE .pth or an avtta checkpoint")
@@ -46,11 +54,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=_ints, default=(111, 222, 333))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="fp16 = autocast + GradScaler as the references (CUDA only)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16"],
+        help="fp16 = autocast + GradScaler as the references (CUDA only)",
+    )
     p.add_argument("--continual", action="store_true", help="never reset between corruptions")
-    p.add_argument("--method-config", type=json.loads, default={},
-                   help='per-method overrides as JSON, e.g. \'{"brimpr": {"tau": 0.25}, "tent": {"lr": 5e-5}}\'')
+    p.add_argument(
+        "--method-config",
+        type=json.loads,
+        default={},
+        help='per-method overrides as JSON, e.g. \'{"brimpr": {"tau": 0.25}, "tent": {"lr": 5e-5}}\'',
+    )
     p.add_argument("--workers", type=int, default=2, dest="num_workers", help="DataLoader workers (default 2)")
     p.add_argument("--ray-address", help="fan (method, corruption, seed) jobs out over a Ray cluster")
     p.add_argument("--out", default="runs/adapt", help="run folder (default runs/adapt)")
@@ -62,11 +78,25 @@ def run(args: argparse.Namespace) -> int:
     from avtta.adapt.worker import AdaptConfig, run_adaptation
 
     cfg = AdaptConfig(
-        catalog=args.catalog, dataset=args.dataset, checkpoint=args.checkpoint, protocol=args.protocol,
-        corruptions=args.corruptions, severity=args.severity, methods=args.methods, split=args.split,
-        source_split=args.source_split, seeds=args.seeds, batch_size=args.batch_size, device=args.device,
-        continual=args.continual, out=args.out, model=args.model, num_workers=args.num_workers,
-        precision=args.precision, method_config=args.method_config, ray_address=args.ray_address,
+        catalog=args.catalog,
+        dataset=args.dataset,
+        checkpoint=args.checkpoint,
+        protocol=args.protocol,
+        corruptions=args.corruptions,
+        severity=args.severity,
+        methods=args.methods,
+        split=args.split,
+        source_split=args.source_split,
+        seeds=args.seeds,
+        batch_size=args.batch_size,
+        device=args.device,
+        continual=args.continual,
+        out=args.out,
+        model=args.model,
+        num_workers=args.num_workers,
+        precision=args.precision,
+        method_config=args.method_config,
+        ray_address=args.ray_address,
         progress=not args.no_progress,
     )
     run_adaptation(cfg)

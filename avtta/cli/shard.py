@@ -14,31 +14,55 @@ def register(sub: argparse._SubParsersAction) -> None:
         "write one shard set per corruption spec, all from ONE decode of each clip. Runs on an embedded local "
         "Ray by default, on a cluster with --ray-address (or RAY_ADDRESS). A rerun resumes a killed job.",
     )
-    p.add_argument("--videos", required=True, help="folder of videos (mp4/mkv/webm/avi/mov) or a CSV/Parquet list "
-                   "with columns path,label[,video_id]")
-    p.add_argument("--labels", help="label CSV in the reference format index,mid[,display_name] (default for a folder: "
-                   "its sub-folder names)")
+    p.add_argument(
+        "--videos",
+        required=True,
+        help="folder of videos (mp4/mkv/webm/avi/mov) or a CSV/Parquet list with columns path,label[,video_id]",
+    )
+    p.add_argument(
+        "--labels",
+        help="label CSV in the reference format index,mid[,display_name] (default for a folder: its sub-folder names)",
+    )
     p.add_argument("--out", required=True, help="output root (holds catalog.parquet)")
     p.add_argument("--dataset", required=True, help="dataset name in the catalog, e.g. ks50")
     p.add_argument("--split", default="test", help="split name (default: test)")
-    p.add_argument("--corrupt", nargs="+", action="extend", metavar="SPEC",
-                   help="shard sets to write: none | video:NAME@S | audio:NAME@S | av:NAME@S, NAME may be 'all', "
-                   "S a severity 1-5 or a range 1-5 (default: none = clean only); see `avtta corruptions`")
+    p.add_argument(
+        "--corrupt",
+        nargs="+",
+        action="extend",
+        metavar="SPEC",
+        help="shard sets to write: none | video:NAME@S | audio:NAME@S | av:NAME@S, NAME may be 'all', "
+        "S a severity 1-5 or a range 1-5 (default: none = clean only); see `avtta corruptions`",
+    )
     p.add_argument("--frames", type=int, default=10, help="frames sampled per clip (CAV-MAE: 10)")
     p.add_argument("--frame-size", type=int, default=224, help="frame side after resize + centre crop (224)")
     p.add_argument("--shard-size", type=int, default=256, help="clips per shard")
     p.add_argument("--seed", type=int, default=0, help="seed of the corruption parameters")
-    p.add_argument("--missing", choices=["fail", "fill"], default="fail",
-                   help="a clip without audio or video: a failure row (fail), or filled with silence/black and "
-                   "flagged in the metadata (fill)")
+    p.add_argument(
+        "--missing",
+        choices=["fail", "fill"],
+        default="fail",
+        help="a clip without audio or video: a failure row (fail), or filled with silence/black and "
+        "flagged in the metadata (fill)",
+    )
     p.add_argument("--waveform", action="store_true", help="also store the 16 kHz waveform (FLAC)")
-    p.add_argument("--noise-dir", help="recorded noises for the environmental audio corruptions (one file or folder "
-                   "per category); default: synthesised noise (not comparable with published numbers)")
-    p.add_argument("--reference-frames", action="store_true",
-                   help="corrupt frames as the Kinetics50-C scripts did: Resize(256)+CenterCrop(224) first "
-                   "(spec items 26-27); default: corrupt the clean 224 frame")
-    p.add_argument("--snr", type=float, dest="snr_db", help="mix environmental audio noise at this SNR (dB) "
-                   "instead of the reference gains")
+    p.add_argument(
+        "--noise-dir",
+        help="recorded noises for the environmental audio corruptions (one file or folder "
+        "per category); default: synthesised noise (not comparable with published numbers)",
+    )
+    p.add_argument(
+        "--reference-frames",
+        action="store_true",
+        help="corrupt frames as the Kinetics50-C scripts did: Resize(256)+CenterCrop(224) first "
+        "(spec items 26-27); default: corrupt the clean 224 frame",
+    )
+    p.add_argument(
+        "--snr",
+        type=float,
+        dest="snr_db",
+        help="mix environmental audio noise at this SNR (dB) instead of the reference gains",
+    )
     p.add_argument("--workers", type=int, help="parallel workers (default: all CPUs; 0: no Ray, in-process)")
     p.add_argument("--ray-address", help="run on an existing Ray cluster (default: RAY_ADDRESS or embedded Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -50,11 +74,24 @@ def run(args: argparse.Namespace) -> int:
     from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
 
     cfg = ShardJobConfig(
-        videos=args.videos, out=args.out, dataset=args.dataset, split=args.split, labels=args.labels,
-        corrupt=tuple(args.corrupt or ["none"]), frames=args.frames, frame_size=args.frame_size,
-        shard_size=args.shard_size, seed=args.seed, missing=args.missing, waveform=args.waveform,
-        noise_dir=args.noise_dir, reference_frames=args.reference_frames, snr_db=args.snr_db,
-        workers=args.workers, ray_address=args.ray_address, progress=not args.no_progress,
+        videos=args.videos,
+        out=args.out,
+        dataset=args.dataset,
+        split=args.split,
+        labels=args.labels,
+        corrupt=tuple(args.corrupt or ["none"]),
+        frames=args.frames,
+        frame_size=args.frame_size,
+        shard_size=args.shard_size,
+        seed=args.seed,
+        missing=args.missing,
+        waveform=args.waveform,
+        noise_dir=args.noise_dir,
+        reference_frames=args.reference_frames,
+        snr_db=args.snr_db,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        progress=not args.no_progress,
     )
     summary = run_shard_job(cfg)
     rows = [

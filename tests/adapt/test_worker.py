@@ -9,7 +9,6 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-
 from avtta.adapt.worker import AdaptConfig, run_adaptation
 from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
 
@@ -19,8 +18,9 @@ SPECS = ("none", "video:gaussian_noise@5", "video:fog@5", "audio:gaussian_noise@
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory, small_videos):
     out = tmp_path_factory.mktemp("catalog")
-    common = dict(videos=str(small_videos), out=str(out), dataset="toy", frames=2, shard_size=4, workers=0,
-                  progress=False)
+    common = dict(
+        videos=str(small_videos), out=str(out), dataset="toy", frames=2, shard_size=4, workers=0, progress=False
+    )
     run_shard_job(ShardJobConfig(split="train", corrupt=("none",), **common))
     run_shard_job(ShardJobConfig(split="test", corrupt=SPECS, **common))
     return out
@@ -37,9 +37,17 @@ def checkpoint(tmp_path_factory):
 
 
 def cfg(catalog, checkpoint, out, **kw):
-    base = dict(catalog=str(catalog), dataset="toy", checkpoint=str(checkpoint), seeds=(111,), batch_size=4,
-                num_workers=0, out=str(out), progress=False,
-                method_config={"brimpr": {"num_samples_source": 6}, "eata": {"fisher_size": 6}})
+    base = dict(
+        catalog=str(catalog),
+        dataset="toy",
+        checkpoint=str(checkpoint),
+        seeds=(111,),
+        batch_size=4,
+        num_workers=0,
+        out=str(out),
+        progress=False,
+        method_config={"brimpr": {"num_samples_source": 6}, "eata": {"fisher_size": 6}},
+    )
     base.update(kw)
     return AdaptConfig(**base)
 
@@ -62,25 +70,30 @@ def test_all_methods_video_protocol(catalog, checkpoint, tmp_path):
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
     # `avtta report` re-renders the tables
     (tmp_path / "run" / "table.md").unlink()
-    res = subprocess.run([sys.executable, "-m", "avtta", "report", str(tmp_path / "run")], capture_output=True,
-                         text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "avtta", "report", str(tmp_path / "run")], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr
     assert "| method |" in res.stdout and (tmp_path / "run" / "table.md").exists()
 
 
-@pytest.mark.parametrize("protocol,expect", [("audio", ["gaussian_noise"]), ("av", ["gaussian"]),
-                                             ("both", ["gaussian_noise+gaussian_noise", "fog+gaussian_noise"]),
-                                             ("clean", ["clean"])])
+@pytest.mark.parametrize(
+    "protocol,expect",
+    [
+        ("audio", ["gaussian_noise"]),
+        ("av", ["gaussian"]),
+        ("both", ["gaussian_noise+gaussian_noise", "fog+gaussian_noise"]),
+        ("clean", ["clean"]),
+    ],
+)
 def test_protocols(catalog, checkpoint, tmp_path, protocol, expect):
-    rows = run_adaptation(cfg(catalog, checkpoint, tmp_path / protocol, protocol=protocol,
-                              methods=("source", "tent")))
+    rows = run_adaptation(cfg(catalog, checkpoint, tmp_path / protocol, protocol=protocol, methods=("source", "tent")))
     assert [r["corruption"] for r in rows if r["method"] == "tent"] == expect
 
 
 def test_continual_differs_from_reset(catalog, checkpoint, tmp_path):
     reset = run_adaptation(cfg(catalog, checkpoint, tmp_path / "a", protocol="video", methods=("tent",)))
-    cont = run_adaptation(cfg(catalog, checkpoint, tmp_path / "b", protocol="video", methods=("tent",),
-                              continual=True))
+    cont = run_adaptation(cfg(catalog, checkpoint, tmp_path / "b", protocol="video", methods=("tent",), continual=True))
     assert len(cont) == 2 and all(r["continual"] for r in cont)
     assert cont[0]["accuracy"] == reset[0]["accuracy"]  # the first condition starts from the source model in both
 
@@ -97,14 +110,41 @@ def test_bad_selection_names_the_value(catalog, checkpoint, tmp_path):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_fan_out_on_two_node_cluster(catalog, checkpoint, tmp_path, ray_cluster):
-    local = run_adaptation(cfg(catalog, checkpoint, tmp_path / "local", protocol="video",
-                               methods=("source", "tent", "read")))
+    local = run_adaptation(
+        cfg(catalog, checkpoint, tmp_path / "local", protocol="video", methods=("source", "tent", "read"))
+    )
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     res = subprocess.run(
-        [sys.executable, "-m", "avtta", "adapt", "--catalog", str(catalog), "--dataset", "toy", "--protocol", "video",
-         "--methods", "source,tent,read", "--checkpoint", str(checkpoint), "--seeds", "111", "--batch-size", "4",
-         "--workers", "0", "--out", str(tmp_path / "ray"), "--ray-address", ray_cluster, "--no-progress"],
-        env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "avtta",
+            "adapt",
+            "--catalog",
+            str(catalog),
+            "--dataset",
+            "toy",
+            "--protocol",
+            "video",
+            "--methods",
+            "source,tent,read",
+            "--checkpoint",
+            str(checkpoint),
+            "--seeds",
+            "111",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path / "ray"),
+            "--ray-address",
+            ray_cluster,
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 adaptation actors" in res.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-
 from avtta.manifests import Catalog
 from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
 from avtta.pipelines.synth import truncate_file, write_random_bytes, write_test_video
@@ -34,8 +32,18 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def run(small_videos, out, **kw):
-    cfg = ShardJobConfig(videos=str(small_videos), out=str(out), dataset="toy", split="test", corrupt=SPECS,
-                         frames=4, shard_size=4, seed=7, progress=False, **kw)
+    cfg = ShardJobConfig(
+        videos=str(small_videos),
+        out=str(out),
+        dataset="toy",
+        split="test",
+        corrupt=SPECS,
+        frames=4,
+        shard_size=4,
+        seed=7,
+        progress=False,
+        **kw,
+    )
     return run_shard_job(cfg)
 
 
@@ -81,20 +89,37 @@ def test_job_in_process(small_videos, tmp_path):
         assert meta["sample_rate"] == 16000 and abs(meta["duration"] - 1.5) < 0.2
         assert meta["label_names"] == [("dog" if int(key[-2:]) % 2 else "cat")]
     # streaming reader: model-ready batches of exactly the batch size, then the rest
-    batches = list(open_dataset(tmp_path / "out", "toy", "test", "video:gaussian_noise@5", batch_size=4, seed=1,
-                                num_workers=2))
+    batches = list(
+        open_dataset(tmp_path / "out", "toy", "test", "video:gaussian_noise@5", batch_size=4, seed=1, num_workers=2)
+    )
     assert [len(b["key"]) for b in batches] == [4, 2]
     assert batches[0]["audio"].shape == (4, 1024, 128) and batches[0]["video"].shape == (4, 3, 224, 224)
-    again = list(open_dataset(tmp_path / "out", "toy", "test", "video:gaussian_noise@5", batch_size=4, seed=1,
-                              num_workers=2))
+    again = list(
+        open_dataset(tmp_path / "out", "toy", "test", "video:gaussian_noise@5", batch_size=4, seed=1, num_workers=2)
+    )
     assert [b["key"] for b in again] == [b["key"] for b in batches]
     # both modalities corrupted: frames of the video set joined with the audio set's fbank
-    both = list(open_dataset(tmp_path / "out", "toy", "test", ("video:gaussian_noise@5", "audio:gaussian_noise@3"),
-                             batch_size=6, shuffle=False, num_workers=0))
-    single_a = list(open_dataset(tmp_path / "out", "toy", "test", "audio:gaussian_noise@3", batch_size=6,
-                                 shuffle=False, num_workers=0))
-    single_v = list(open_dataset(tmp_path / "out", "toy", "test", "video:gaussian_noise@5", batch_size=6,
-                                 shuffle=False, num_workers=0))
+    both = list(
+        open_dataset(
+            tmp_path / "out",
+            "toy",
+            "test",
+            ("video:gaussian_noise@5", "audio:gaussian_noise@3"),
+            batch_size=6,
+            shuffle=False,
+            num_workers=0,
+        )
+    )
+    single_a = list(
+        open_dataset(
+            tmp_path / "out", "toy", "test", "audio:gaussian_noise@3", batch_size=6, shuffle=False, num_workers=0
+        )
+    )
+    single_v = list(
+        open_dataset(
+            tmp_path / "out", "toy", "test", "video:gaussian_noise@5", batch_size=6, shuffle=False, num_workers=0
+        )
+    )
     assert both[0]["key"] == single_a[0]["key"] == single_v[0]["key"]
     assert (both[0]["audio"] == single_a[0]["audio"]).all() and (both[0]["video"] == single_v[0]["video"]).all()
 
@@ -112,8 +137,20 @@ def test_rerun_is_a_noop_and_deterministic(small_videos, tmp_path):
 def test_changed_job_in_same_folder_is_refused(small_videos, tmp_path):
     run(small_videos, tmp_path / "a", workers=0)
     with pytest.raises(ValueError, match="different job"):
-        run_shard_job(ShardJobConfig(videos=str(small_videos), out=str(tmp_path / "a"), dataset="toy", split="test",
-                                     corrupt=("none",), frames=4, shard_size=4, seed=8, workers=0, progress=False))
+        run_shard_job(
+            ShardJobConfig(
+                videos=str(small_videos),
+                out=str(tmp_path / "a"),
+                dataset="toy",
+                split="test",
+                corrupt=("none",),
+                frames=4,
+                shard_size=4,
+                seed=8,
+                workers=0,
+                progress=False,
+            )
+        )
 
 
 @pytest.mark.ray
@@ -131,8 +168,22 @@ def _cli(*args, **kw):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_two_node_cluster_gives_same_bytes(small_videos, tmp_path, ray_cluster):
-    args = ["shard", "--videos", str(small_videos), "--dataset", "toy", "--frames", "4", "--shard-size", "4",
-            "--seed", "7", "--no-progress", "--corrupt", *SPECS]
+    args = [
+        "shard",
+        "--videos",
+        str(small_videos),
+        "--dataset",
+        "toy",
+        "--frames",
+        "4",
+        "--shard-size",
+        "4",
+        "--seed",
+        "7",
+        "--no-progress",
+        "--corrupt",
+        *SPECS,
+    ]
     res = _cli(*args, "--out", str(tmp_path / "cluster"), "--ray-address", ray_cluster)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 workers on 2 CPUs" in res.stderr  # both nodes' CPUs were used
@@ -148,11 +199,33 @@ def test_sigkill_midway_then_resume(tmp_path):
     for i in range(12):
         write_test_video(videos / "a" / f"v{i:02d}.mp4", seconds=1.0, fps=10, size=(64, 48), seed=i)
     out = tmp_path / "out"
-    args = ["shard", "--videos", str(videos), "--dataset", "k", "--out", str(out), "--frames", "2", "--shard-size",
-            "1", "--workers", "0", "--no-progress", "--corrupt", "none", "video:gaussian_noise@2"]
+    args = [
+        "shard",
+        "--videos",
+        str(videos),
+        "--dataset",
+        "k",
+        "--out",
+        str(out),
+        "--frames",
+        "2",
+        "--shard-size",
+        "1",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--corrupt",
+        "none",
+        "video:gaussian_noise@2",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "avtta", *args], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avtta", *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     parts = out / "k" / "test" / "clean" / "_parts"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(parts.glob("shard-*.json"))) < 3:
@@ -185,8 +258,11 @@ def test_bad_inputs_become_failure_rows(tmp_path):
     write_test_video(tmp_path / "full.mp4", seconds=2.0, fps=10, size=(64, 48), seed=2)
     truncate_file(tmp_path / "full.mp4", videos / "trunc.mp4", 0.3)
     write_test_video(videos / "silent.mp4", seconds=1.0, fps=10, size=(64, 48), audio=False)
-    summary = run_shard_job(ShardJobConfig(videos=str(videos.parent), out=str(tmp_path / "out"), dataset="bad",
-                                           workers=0, frames=2, progress=False))
+    summary = run_shard_job(
+        ShardJobConfig(
+            videos=str(videos.parent), out=str(tmp_path / "out"), dataset="bad", workers=0, frames=2, progress=False
+        )
+    )
     cat = Catalog(tmp_path / "out")
     info = cat.get("bad", "test")
     fails = {r["path"]: r["reason"] for r in cat.failures(info).to_pylist()}
@@ -195,8 +271,17 @@ def test_bad_inputs_become_failure_rows(tmp_path):
     assert all(fails.values())
     assert "audio" in fails["c/silent.mp4"]
     # the fill policy keeps the silent clip, flagged
-    run_shard_job(ShardJobConfig(videos=str(videos.parent), out=str(tmp_path / "fill"), dataset="bad", workers=0,
-                                 frames=2, missing="fill", progress=False))
+    run_shard_job(
+        ShardJobConfig(
+            videos=str(videos.parent),
+            out=str(tmp_path / "fill"),
+            dataset="bad",
+            workers=0,
+            frames=2,
+            missing="fill",
+            progress=False,
+        )
+    )
     rows = Catalog(tmp_path / "fill").samples(Catalog(tmp_path / "fill").get("bad", "test")).to_pylist()
     assert {r["key"]: r["missing"] for r in rows}["silent"] == "audio"
 
@@ -204,8 +289,19 @@ def test_bad_inputs_become_failure_rows(tmp_path):
 def test_cli_errors_name_the_value(tmp_path, small_videos):
     res = _cli("shard", "--videos", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--dataset", "d")
     assert res.returncode == 2 and "nope" in res.stderr
-    res = _cli("shard", "--videos", str(small_videos), "--out", str(tmp_path / "o"), "--dataset", "d",
-               "--corrupt", "video:nosuch@5", "--workers", "0")
+    res = _cli(
+        "shard",
+        "--videos",
+        str(small_videos),
+        "--out",
+        str(tmp_path / "o"),
+        "--dataset",
+        "d",
+        "--corrupt",
+        "video:nosuch@5",
+        "--workers",
+        "0",
+    )
     assert res.returncode == 2 and "nosuch" in res.stderr
     res = _cli("catalog", str(tmp_path / "missing"))
     assert res.returncode == 2 and "missing" in res.stderr

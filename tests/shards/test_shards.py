@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from PIL import Image
-
 from avtta.shards import SchemaError, ShardWriter, decode_sample
 from avtta.shards.reader import FBANK_MEAN, FBANK_STD, ReaderConfig, ShardStream, collate, image_transform
 from avtta.shards.schema import METADATA_FIELDS, Sample
+from PIL import Image
 
 
 def _jpeg(rng: np.random.Generator, size: int = 224) -> bytes:
@@ -46,7 +45,7 @@ def test_roundtrip_plain_webdataset(tmp_path):
     path = write_shard(tmp_path / "shard-000000.tar", samples)
     read = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
     assert [r["__key__"] for r in read] == [s.key for s in samples]
-    for raw, orig in zip(read, samples):
+    for raw, orig in zip(read, samples, strict=True):
         back = decode_sample(raw)
         np.testing.assert_array_equal(back.fbank, orig.fbank)
         assert back.fbank.dtype == np.float16 and back.fbank.shape == (1024, 128)
@@ -100,8 +99,10 @@ def test_byte_identical(tmp_path):
 
 
 def test_reader_transforms_and_deterministic_shuffle(tmp_path):
-    paths = [write_shard(tmp_path / f"shard-{j:06d}.tar", [make_sample(f"c{j}_{i}", 10 * j + i) for i in range(5)])
-             for j in range(3)]
+    paths = [
+        write_shard(tmp_path / f"shard-{j:06d}.tar", [make_sample(f"c{j}_{i}", 10 * j + i) for i in range(5)])
+        for j in range(3)
+    ]
     cfg = ReaderConfig(seed=3, shuffle_buffer=4)
     keys1 = [s["key"] for s in ShardStream(paths, cfg)]
     keys2 = [s["key"] for s in ShardStream(paths, cfg)]
@@ -123,9 +124,13 @@ def test_image_transform_matches_torchvision():
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (180, 300, 3), dtype=np.uint8)).save(buf, format="JPEG")
-    ref = T.Compose([
-        T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
-        T.Normalize(mean=[0.4850, 0.4560, 0.4060], std=[0.2290, 0.2240, 0.2250]),
-    ])(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    ref = T.Compose(
+        [
+            T.Resize(224, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize(mean=[0.4850, 0.4560, 0.4060], std=[0.2290, 0.2240, 0.2250]),
+        ]
+    )(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     ours = image_transform(buf.getvalue(), 224)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
