@@ -101,8 +101,15 @@ def open_dataset(
             raise ValueError(f"a joined selection takes two corruptions (video, audio), got {corruption!r}")
         vinfo = cat.get(dataset, split, *parse_selection(corruption[0]))
         ainfo = cat.get(dataset, split, *parse_selection(corruption[1]))
-        stream = ShardStream(cat.shard_paths(vinfo), cfg, audio_paths=cat.shard_paths(ainfo))
-        return BatchLoader(stream, vinfo.samples, batch_size, num_workers, drop_last, pin_memory)
+        vkeys = set(cat.samples(vinfo).column("key").to_pylist())
+        common = len(vkeys & set(cat.samples(ainfo).column("key").to_pylist()))
+        # shard i of both sets holds the same chunk of clips (one job); pair them by file name
+        by_name = {p.name: p for p in cat.shard_paths(ainfo)}
+        pairs = [(p, by_name[p.name]) for p in cat.shard_paths(vinfo) if p.name in by_name]
+        if not pairs or not common:
+            raise ValueError(f"{vinfo.path} and {ainfo.path} share no clips: they were not made by one job")
+        stream = ShardStream([v for v, _ in pairs], cfg, audio_paths=[a for _, a in pairs])
+        return BatchLoader(stream, common, batch_size, num_workers, drop_last, pin_memory)
     info = cat.get(dataset, split, *parse_selection(corruption, modality, severity if severity is not None else None))
     stream = ShardStream(cat.shard_paths(info), cfg)
     return BatchLoader(stream, info.samples, batch_size, num_workers, drop_last, pin_memory)

@@ -159,17 +159,7 @@ class ShardStream(IterableDataset):
             if self.audio_paths is None:
                 yield from vid
                 continue
-            aud = _iter_raw([self.audio_paths[i]])
-            for v, a in zip(vid, aud, strict=True):
-                if v["__key__"] != a["__key__"]:
-                    raise ValueError(
-                        f"shards {self.paths[i]} and {self.audio_paths[i]} do not hold the same clips "
-                        f"({v['__key__']} vs {a['__key__']}): they cannot be joined"
-                    )
-                v = dict(v)
-                v[FBANK_FIELD] = a[FBANK_FIELD]
-                v["audio_json"] = a[META_FIELD]
-                yield v
+            yield from _join_by_key(vid, _iter_raw([self.audio_paths[i]]), self.paths[i], self.audio_paths[i])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         shard_ids, wid = self._shards_for_worker()
@@ -196,6 +186,32 @@ class ShardStream(IterableDataset):
         if cfg.with_metadata:
             out["metadata"] = json.loads(raw[META_FIELD])
         return out
+
+
+def _join_by_key(
+    vid: Iterator[dict[str, Any]], aud: Iterator[dict[str, Any]], vpath: str, apath: str
+) -> Iterator[dict[str, Any]]:
+    """Merge two shards of the same job: frames from ``vid``, fbank from ``aud``, for the keys both hold.
+
+    Both shards list their clips in the job's order; a clip that failed in one set only is skipped (it has no pair).
+    """
+    audio = {}
+    order: list[str] = []
+    for a in aud:  # a shard is small (hundreds of fbanks): index it by key, then stream the frames' shard
+        audio[a["__key__"]] = a
+        order.append(a["__key__"])
+    matched = 0
+    for v in vid:
+        a = audio.get(v["__key__"])
+        if a is None:
+            continue
+        matched += 1
+        v = dict(v)
+        v[FBANK_FIELD] = a[FBANK_FIELD]
+        v["audio_json"] = a[META_FIELD]
+        yield v
+    if order and not matched:
+        raise ValueError(f"shards {vpath} and {apath} have no clip in common: they cannot be joined")
 
 
 def _shuffle(source: Iterator[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:

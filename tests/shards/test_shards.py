@@ -134,3 +134,17 @@ def test_image_transform_matches_torchvision():
     )(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     ours = image_transform(buf.getvalue(), 224)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+
+
+def test_join_two_sets_by_key_skips_unpaired(tmp_path):
+    video = [write_shard(tmp_path / "v" / "shard-000000.tar", [make_sample(f"k{i}", i) for i in range(4)])]
+    audio = [write_shard(tmp_path / "a" / "shard-000000.tar", [make_sample(f"k{i}", 10 + i) for i in (0, 2, 3)])]
+    out = list(ShardStream(video, ReaderConfig(shuffle=False), audio_paths=audio))
+    assert [s["key"] for s in out] == ["k0", "k2", "k3"]  # k1 failed in the audio set: no pair
+    expect = torch.from_numpy(make_sample("k2", 12).fbank)
+    torch.testing.assert_close(out[1]["audio"], expect)  # fbank from the audio set
+    torch.testing.assert_close(out[1]["video"].float(), image_transform_raw(make_sample("k2", 2).frames[1]))
+
+
+def image_transform_raw(jpeg: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).copy()).permute(2, 0, 1).float()
