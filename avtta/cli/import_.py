@@ -32,8 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "frames are stored as the original JPEGs. Bad entries (missing/unreadable files, unknown labels) become "
         "failure rows. Runs on Ray like `avtta shard`; a rerun resumes.",
     )
-    p.add_argument("--json", nargs="+", action="extend", metavar="PATH",
-                   help="READ/BriMPR JSON root folder(s) or single JSON list file(s)")
+    p.add_argument(
+        "--json",
+        nargs="+",
+        action="extend",
+        metavar="PATH",
+        help="READ/BriMPR JSON root folder(s) or single JSON list file(s)",
+    )
     p.add_argument("--audio", dest="audio_dir", help="plain layout: folder of <video_id>.wav")
     p.add_argument("--frames-dir", help="plain layout: folder holding frame_K/<video_id>.jpg")
     p.add_argument("--list", dest="list_csv", help="plain layout: CSV with columns video_id,labels")
@@ -41,15 +46,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output root (holds catalog.parquet)")
     p.add_argument("--dataset", required=True, help="dataset name in the catalog, e.g. ks50")
     p.add_argument("--split", default="test", help="split of the test lists (default: test)")
-    p.add_argument("--corruption", help="set of a single list / the plain layout: clean (default) or "
-                   "MODALITY:NAME@S, e.g. video:fog@5")
-    p.add_argument("--path-map", nargs="+", action="extend", default=[], metavar="OLD=NEW",
-                   help="rewrite path prefixes inside the lists (lists made on another machine)")
-    p.add_argument("--include-both", action="store_true",
-                   help="also import both/<v>/<a>_severity_<s>.json lists as av sets named <v>+<a> (by default "
-                   "they are skipped: --protocol both joins the video and audio sets)")
-    p.add_argument("--frames", type=_frame_list, default=tuple(range(10)),
-                   help="frame_K folders to store, e.g. 0-9 (default) or 5 when only the eval frame exists")
+    p.add_argument(
+        "--corruption",
+        help="set of a single list / the plain layout: clean (default) or MODALITY:NAME@S, e.g. video:fog@5",
+    )
+    p.add_argument(
+        "--path-map",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="OLD=NEW",
+        help="rewrite path prefixes inside the lists (lists made on another machine)",
+    )
+    p.add_argument(
+        "--include-both",
+        action="store_true",
+        help="also import both/<v>/<a>_severity_<s>.json lists as av sets named <v>+<a> (by default "
+        "they are skipped: --protocol both joins the video and audio sets)",
+    )
+    p.add_argument(
+        "--frames",
+        type=_frame_list,
+        default=tuple(range(10)),
+        help="frame_K folders to store, e.g. 0-9 (default) or 5 when only the eval frame exists",
+    )
     p.add_argument("--shard-size", type=int, default=256, help="samples per shard")
     p.add_argument("--waveform", action="store_true", help="also store the audio (FLAC)")
     p.add_argument("--workers", type=int, help="parallel workers (default: all CPUs; 0: no Ray, in-process)")
@@ -63,21 +83,39 @@ def run(args: argparse.Namespace) -> int:
     from avtta.pipelines.importer import ImportConfig, run_import
 
     cfg = ImportConfig(
-        out=args.out, dataset=args.dataset, labels=args.labels, json=tuple(args.json or ()),
-        audio_dir=args.audio_dir, frames_dir=args.frames_dir, list_csv=args.list_csv, split=args.split,
-        corruption=args.corruption, path_map=tuple(args.path_map), include_both=args.include_both,
-        frames=args.frames, shard_size=args.shard_size, waveform=args.waveform, workers=args.workers,
-        ray_address=args.ray_address, progress=not args.no_progress,
+        out=args.out,
+        dataset=args.dataset,
+        labels=args.labels,
+        json=tuple(args.json or ()),
+        audio_dir=args.audio_dir,
+        frames_dir=args.frames_dir,
+        list_csv=args.list_csv,
+        split=args.split,
+        corruption=args.corruption,
+        path_map=tuple(args.path_map),
+        include_both=args.include_both,
+        frames=args.frames,
+        shard_size=args.shard_size,
+        waveform=args.waveform,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        progress=not args.no_progress,
     )
     summary = run_import(cfg)
     rows = [
-        {"set": f"{s.split}/{s.spec}", "samples": s.samples, "failures": s.failures, "shards": s.shards,
-         "MB": round(s.bytes / 1e6, 1)}
+        {
+            "set": f"{s.split}/{s.spec}",
+            "samples": s.samples,
+            "failures": s.failures,
+            "shards": s.shards,
+            "MB": round(s.bytes / 1e6, 1),
+        }
         for s in summary.sets
     ]
     print(format_table(rows))
     print(summary.format())
     if summary.failed:
-        logging.getLogger("avtta").warning("%d entries failed; reasons in %s/<set>/failures.parquet", summary.failed,
-                                           args.out)
+        logging.getLogger("avtta").warning(
+            "%d entries failed; reasons in %s/<set>/failures.parquet", summary.failed, args.out
+        )
     return 0

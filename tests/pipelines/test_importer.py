@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -321,7 +322,7 @@ def test_rerun_resumes_and_changed_job_is_refused(kinetics_tree, imported):
     again = run_import(cfg)
     assert again.resumed_chunks == sum(s.shards for s in again.sets) + 1  # one chunk per set is all-failure
     assert {p: p.read_bytes() for p in out.rglob("*.tar")} == before
-    changed = ImportConfig(**{**cfg.__dict__, "frames": (5,)})
+    changed = dataclasses.replace(cfg, frames=(5,))
     with pytest.raises(ValueError, match="different job"):
         run_import(changed)
 
@@ -454,7 +455,7 @@ def test_adapt_runs_on_imported_catalog(imported, tmp_path):
 @pytest.mark.ray
 def test_ray_import_gives_same_bytes(kinetics_tree, imported, tmp_path, ray_local):
     out, _, cfg = imported
-    ray_cfg = ImportConfig(**{**cfg.__dict__, "out": str(tmp_path / "ray"), "workers": 2})
+    ray_cfg = dataclasses.replace(cfg, out=str(tmp_path / "ray"), workers=2)
     run_import(ray_cfg)
 
     def digest(root: Path) -> dict[str, str]:
@@ -465,3 +466,21 @@ def test_ray_import_gives_same_bytes(kinetics_tree, imported, tmp_path, ray_loca
         }
 
     assert digest(tmp_path / "ray") == digest(out)
+
+
+def test_wav_formats_follow_the_loader(kinetics_tree, tmp_path):
+    """A 44.1 kHz wav (as pydub-written corrupted audio can be, item 30) gives the loader's fbank at that rate."""
+    labels = LabelIndex.from_csv(kinetics_tree / "class_labels_indices_ks50.csv")
+    rng = np.random.default_rng(4)
+    wav = write_wav(tmp_path / "a.wav", (0.1 * rng.standard_normal(44100)).astype(np.float32), rate=44100)
+    entry = ImportEntry("vid00", str(wav), str(kinetics_tree / "frames"), CLASSES[0], "x#0")
+    sample = import_sample(entry, labels, frame_ids=(5,)).sample
+    np.testing.assert_array_equal(sample.fbank, kaldi_reference(wav))
+    assert sample.metadata["sample_rate"] == 44100 and sample.metadata["import"]["wav_sample_rate"] == 44100
+    # stereo: channel 0 feeds the fbank, as kaldi.fbank(channel=-1) does
+    stereo = np.stack([0.1 * rng.standard_normal(16000), 0.3 * rng.standard_normal(16000)]).astype(np.float32)
+    wav2 = write_wav(tmp_path / "s.wav", stereo)
+    sample = import_sample(ImportEntry("vid00", str(wav2), entry.video_path, CLASSES[0], "x#1"), labels, frame_ids=(5,))
+    left, _ = sf.read(wav2, dtype="float32")
+    np.testing.assert_array_equal(sample.sample.fbank, compute_fbank(left[:, 0]))
+    assert sample.sample.metadata["import"]["wav_channels"] == 2
