@@ -73,6 +73,7 @@ class ShardJobConfig:
     noise_dir: str | None = None
     reference_frames: bool = False
     snr_db: float | None = None
+    crowd_image_dir: str | None = None
     workers: int | None = None  # None: all CPUs; 0: in-process without Ray
     ray_address: str | None = None
     progress: bool = True
@@ -95,7 +96,12 @@ class ShardJobConfig:
 
     @property
     def options(self) -> CorruptionOptions:
-        return CorruptionOptions(noise_dir=self.noise_dir, reference_frames=self.reference_frames, snr_db=self.snr_db)
+        return CorruptionOptions(
+            noise_dir=self.noise_dir,
+            reference_frames=self.reference_frames,
+            snr_db=self.snr_db,
+            crowd_image_dir=self.crowd_image_dir,
+        )
 
 
 @dataclass(frozen=True)
@@ -335,8 +341,9 @@ def plan_job(cfg: ShardJobConfig) -> tuple[list[ChunkTask], list[SetTarget], lis
     specs = parse_specs(list(cfg.corrupt) or ["none"])
     clips, classes = list_inputs(cfg.videos, cfg.labels)
     options = asdict(cfg.options)
-    if options.get("noise_dir"):
-        options["noise_dir"] = str(Path(options["noise_dir"]).resolve())
+    for name in ("noise_dir", "crowd_image_dir"):
+        if options.get(name):
+            options[name] = str(Path(options[name]).resolve())
     common = {
         "schema": SCHEMA_VERSION,
         "clips": [[c.key, c.source, list(c.labels), c.error] for c in clips],

@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="snr_db",
         help="mix environmental audio noise at this SNR (dB) instead of the reference gains",
     )
+    p.add_argument(
+        "--crowd-image-dir", help="RGBA person cut-outs for av:crowd (AVRobustBench's crowd_image/; default: synthetic)"
+    )
     p.add_argument("--workers", type=int, help="parallel workers (default: all CPUs; 0: no Ray, in-process)")
     p.add_argument("--ray-address", help="run on an existing Ray cluster (default: RAY_ADDRESS or embedded Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         noise_dir=args.noise_dir,
         reference_frames=args.reference_frames,
         snr_db=args.snr_db,
+        crowd_image_dir=args.crowd_image_dir,
         workers=args.workers,
         ray_address=args.ray_address,
         progress=not args.no_progress,
