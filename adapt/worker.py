@@ -305,8 +305,7 @@ class AdaptationWorker:
         from avtta.shards import open_dataset
 
         method = self.method(job.method)
-        method.reset()
-        method.reseed(job.seed)
+        method.reset(seed=job.seed)  # source state, generator seeded by the run seed (BriMPR: fresh prompts from it)
         rows = []
         for cond in job.conditions:
             loader = open_dataset(
