@@ -107,6 +107,7 @@ class AdaptConfig:
     out: str = "runs/adapt"
     model: str | None = None  # model name when the checkpoint does not say (released .pth)
     num_workers: int = 2
+    frame: str | int = "eval"  # which stored frame is the model input: "eval" = frame 5 (READ/BriMPR), or an index
     precision: str = "fp32"
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
     ray_address: str | None = None
@@ -259,6 +260,7 @@ class AdaptationWorker:
             seed=seed,
             shuffle=True,
             num_workers=self.cfg.num_workers,
+            frame=self.cfg.frame,
         )
         seen = 0
         for batch in loader:
@@ -317,6 +319,7 @@ class AdaptationWorker:
                 seed=job.seed,
                 shuffle=True,
                 num_workers=self.cfg.num_workers,
+                frame=self.cfg.frame,
                 pin_memory=self.device.type == "cuda",
             )
             correct = total = 0

@@ -67,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default={},
         help='per-method overrides as JSON, e.g. \'{"brimpr": {"tau": 0.25}, "tent": {"lr": 5e-5}}\'',
     )
+    p.add_argument(
+        "--frame",
+        default="eval",
+        type=lambda t: t if t == "eval" else int(t),
+        help="input frame: eval = frame_5 as READ/BriMPR (default), or an index, e.g. 4 as AVRobustBench",
+    )
     p.add_argument("--workers", type=int, default=2, dest="num_workers", help="DataLoader workers (default 2)")
     p.add_argument("--ray-address", help="fan (method, corruption, seed) jobs out over a Ray cluster")
     p.add_argument("--out", default="runs/adapt", help="run folder (default runs/adapt)")
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         model=args.model,
         num_workers=args.num_workers,
+        frame=args.frame,
         precision=args.precision,
         method_config=args.method_config,
         ray_address=args.ray_address,
