@@ -108,8 +108,8 @@ def open_dataset(
         pairs = [(p, by_name[p.name]) for p in cat.shard_paths(vinfo) if p.name in by_name]
         if not pairs or not common:
             raise ValueError(f"{vinfo.path} and {ainfo.path} share no clips: they were not made by one job")
-        stream = ShardStream([v for v, _ in pairs], cfg, audio_paths=[a for _, a in pairs])
+        stream = ShardStream([v for v, _ in pairs], cfg, audio_paths=[a for _, a in pairs], num_frames=vinfo.num_frames)
         return BatchLoader(stream, common, batch_size, num_workers, drop_last, pin_memory)
     info = cat.get(dataset, split, *parse_selection(corruption, modality, severity if severity is not None else None))
-    stream = ShardStream(cat.shard_paths(info), cfg)
+    stream = ShardStream(cat.shard_paths(info), cfg, num_frames=info.num_frames)
     return BatchLoader(stream, info.samples, batch_size, num_workers, drop_last, pin_memory)

@@ -55,9 +55,14 @@ class ReaderConfig:
     with_metadata: bool = False
 
 
+def eval_frame_index(num_frames: int) -> int:
+    """Frame 5 (READ/BriMPR: ``int(total_frame / 2)`` of 10); the middle one when a clip has fewer frames."""
+    return EVAL_FRAME if num_frames > EVAL_FRAME else num_frames // 2
+
+
 def _frame_index(cfg: ReaderConfig, num_frames: int, rng: random.Random) -> int:
     if cfg.frame == "eval":
-        return min(EVAL_FRAME, num_frames - 1) if num_frames > EVAL_FRAME else num_frames // 2
+        return eval_frame_index(num_frames)
     if cfg.frame == "random":
         return rng.randrange(num_frames)
     idx = int(cfg.frame)
@@ -73,7 +78,9 @@ def image_transform(jpeg: bytes, im_res: int) -> torch.Tensor:
 
 def load_image(jpeg: bytes, im_res: int) -> torch.Tensor:
     """JPEG -> uint8 [3, im_res, im_res]: PIL decode, Resize(im_res, bicubic) + CenterCrop unless already that size."""
-    img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    img = Image.open(io.BytesIO(jpeg))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
     w, h = img.size
     if (w, h) != (im_res, im_res):
         if w <= h:
@@ -84,7 +91,7 @@ def load_image(jpeg: bytes, im_res: int) -> torch.Tensor:
             img = img.resize((nw, nh), Image.BICUBIC)
         left, top = int(round((nw - im_res) / 2.0)), int(round((nh - im_res) / 2.0))
         img = img.crop((left, top, left + im_res, top + im_res))
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # np.array: one writable copy
 
 
 def normalize_images(x: torch.Tensor) -> torch.Tensor:
@@ -126,14 +133,44 @@ def load_fbank(fbank: np.ndarray, cfg: ReaderConfig, gen: torch.Generator | None
     return x
 
 
-def _iter_raw(paths: Sequence[str]) -> Iterator[dict[str, Any]]:
-    yield from tarfile_samples([{"url": str(p)} for p in paths])
+def _iter_raw(paths: Sequence[str], select: Any = None) -> Iterator[dict[str, Any]]:
+    yield from tarfile_samples([{"url": str(p)} for p in paths], select_files=select)
+
+
+class _MemberFilter:
+    """Which tar members to read when the frame is fixed and known: only that frame (others' bytes are skipped)."""
+
+    def __init__(self, frame: int):
+        self.frame = frame
+        self.wanted = tuple("." + f for f in (FBANK_FIELD, LABEL_FIELD, FRAME_FIELD.format(frame), META_FIELD))
+
+    def __call__(self, name: str) -> bool:
+        return name.endswith(self.wanted)
+
+
+def _member_filter(cfg: ReaderConfig, num_frames: int | None) -> _MemberFilter | None:
+    if cfg.frame == "random" or not num_frames:
+        return None
+    k = eval_frame_index(num_frames) if cfg.frame == "eval" else int(cfg.frame)
+    if not 0 <= k < num_frames:
+        raise ValueError(f"frame index {k} out of range: the shards hold {num_frames} frames")
+    return _MemberFilter(k)
+
+
+def _audio_member_filter(name: str) -> bool:
+    return name.endswith(("." + FBANK_FIELD, "." + META_FIELD))
 
 
 class ShardStream(IterableDataset):
     """Samples of one shard set, or of two joined by key (frames from ``video_paths``, fbank from ``audio_paths``)."""
 
-    def __init__(self, paths: Sequence[str | Path], cfg: ReaderConfig, audio_paths: Sequence[str | Path] | None = None):
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        cfg: ReaderConfig,
+        audio_paths: Sequence[str | Path] | None = None,
+        num_frames: int | None = None,
+    ):
         super().__init__()
         self.paths = [str(p) for p in paths]
         self.audio_paths = [str(p) for p in audio_paths] if audio_paths is not None else None
@@ -143,6 +180,7 @@ class ShardStream(IterableDataset):
                 "both must come from the same job"
             )
         self.cfg = cfg
+        self.select = _member_filter(cfg, num_frames)  # None: read every member
         self.epoch = 0
 
     def _shards_for_worker(self) -> tuple[list[int], int]:
@@ -155,11 +193,13 @@ class ShardStream(IterableDataset):
 
     def _samples(self, shard_ids: list[int]) -> Iterator[dict[str, Any]]:
         for i in shard_ids:
-            vid = _iter_raw([self.paths[i]])
+            vid = _iter_raw([self.paths[i]], self.select)
             if self.audio_paths is None:
                 yield from vid
                 continue
-            yield from _join_by_key(vid, _iter_raw([self.audio_paths[i]]), self.paths[i], self.audio_paths[i])
+            yield from _join_by_key(
+                vid, _iter_raw([self.audio_paths[i]], _audio_member_filter), self.paths[i], self.audio_paths[i]
+            )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         shard_ids, wid = self._shards_for_worker()
@@ -173,10 +213,15 @@ class ShardStream(IterableDataset):
 
     def _transform(self, raw: dict[str, Any], rng: random.Random, gen: torch.Generator) -> dict[str, Any]:
         cfg = self.cfg
-        frames = sorted(k for k in raw if k.startswith("frame_") and k.endswith(".jpg"))
-        if not frames:
-            raise ValueError(f"sample {raw.get('__key__')} in {raw.get('__url__')} has no frames")
-        k = _frame_index(cfg, len(frames), rng)
+        if self.select is not None:
+            k = self.select.frame
+            if FRAME_FIELD.format(k) not in raw:
+                raise ValueError(f"sample {raw.get('__key__')} in {raw.get('__url__')} has no frame {k}")
+        else:
+            frames = [f for f in raw if f.startswith("frame_") and f.endswith(".jpg")]
+            if not frames:
+                raise ValueError(f"sample {raw.get('__key__')} in {raw.get('__url__')} has no frames")
+            k = _frame_index(cfg, len(frames), rng)
         out = {
             "audio": load_fbank(decode_npy(raw[FBANK_FIELD]), cfg, gen),  # raw float16; normalised in collate()
             "video": load_image(raw[FRAME_FIELD.format(k)], cfg.im_res),  # uint8; normalised in collate()

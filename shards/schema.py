@@ -7,7 +7,7 @@ declarations below.
 | field          | tar member            | content                                                                  |
 | -------------- | --------------------- | ------------------------------------------------------------------------ |
 | fbank          | ``<key>.fbank.npy``   | float16 ``[1024, 128]`` Kaldi log-mel fbank, *before* normalisation      |
-| frames         | ``<key>.frame_K.jpg`` | K = 0..N-1: RGB JPEG frames (``avtta shard``: 224 square; imports keep theirs) |
+| frames         | ``<key>.frame_K.jpg`` | K = 0..N-1: RGB JPEG frames (224 square from ``avtta shard``) |
 | label          | ``<key>.cls``         | primary class index as ASCII (the reference's argmax of the label vector) |
 | metadata       | ``<key>.json``        | UTF-8 JSON object, keys sorted (see ``METADATA_FIELDS``)                |
 | waveform (opt) | ``<key>.wav.flac``    | 16 kHz mono PCM16 FLAC, so audio corruptions can be applied while reading |
