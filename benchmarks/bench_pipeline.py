@@ -118,7 +118,8 @@ def time_loader(loader, n_expected: int, repeats: int = 2) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--clips", type=int, default=48)
+    ap.add_argument("--clips", type=int, default=48, help="clips for the raw mp4 -> shards measurement")
+    ap.add_argument("--reader-clips", type=int, default=240, help="clips for the reader measurement")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--size", default="320x240")
     ap.add_argument("--workdir", help="keep data here (default: a temporary folder)")
@@ -127,7 +128,7 @@ def main() -> None:
     torch.set_num_threads(1)
     w, h = map(int, args.size.split("x"))
     root = Path(args.workdir or tempfile.mkdtemp(prefix="avtta-bench-"))
-    videos = make_clips(root, args.clips, args.seconds, (w, h))
+    videos = make_clips(root, max(args.clips, args.reader_clips), args.seconds, (w, h))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(f"{args.clips} clips of {args.seconds:.0f} s, {w}x{h} H.264 25 fps + AAC 44.1 kHz stereo\n")
 
@@ -150,12 +151,30 @@ def main() -> None:
         rows.append((f"raw mp4 -> shards, {label}", args.clips / dt, "clips/s"))
         print(f"{rows[-1][0]:48s} {rows[-1][1]:8.2f} clips/s  ({dt:.1f} s incl. Ray start-up)")
 
-    ref_json = make_reference_layout(videos, root / "reference")
+    reader_set = root / "reader-shards"
+    if not (reader_set / "catalog.parquet").exists():
+        run_shard_job(
+            ShardJobConfig(
+                videos=str(videos),
+                out=str(reader_set),
+                dataset="bench",
+                split="test",
+                frames=10,
+                shard_size=64,
+                workers=2,
+                progress=False,
+            )
+        )
+    ref_json = root / "reference" / "test.json"
+    if not ref_json.exists():
+        ref_json = make_reference_layout(videos, root / "reference")
+    n = max(args.clips, args.reader_clips)
+    print(f"\nreading {n} samples (batch {args.batch_size}), best of 2 passes:")
     for workers in (0, 2):
-        ours = open_dataset(root / "shards-2", "bench", "test", batch_size=args.batch_size, num_workers=workers)
+        ours = open_dataset(reader_set, "bench", "test", batch_size=args.batch_size, num_workers=workers)
         ref = DataLoader(ReferenceLoader(str(ref_json)), batch_size=args.batch_size, shuffle=True, num_workers=workers)
-        s_ours = time_loader(ours, args.clips)
-        s_ref = time_loader(ref, args.clips)
+        s_ours = time_loader(ours, n)
+        s_ref = time_loader(ref, n)
         print(
             f"{'reader, ' + str(workers) + ' DataLoader workers':48s} ours {s_ours:8.1f} samples/s | reference "
             f"{s_ref:8.1f} samples/s | ratio {s_ours / s_ref:5.1f}x"
