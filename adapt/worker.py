@@ -211,11 +211,15 @@ def checkpoint_digest(path: str | Path) -> str:
 
 
 def pick_device(device: str) -> torch.device:
+    """Resolve ``auto``; on CUDA choose deterministic cuDNN kernels (spec item 4: the references asked for both)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     return dev
 
 
@@ -278,7 +282,7 @@ class AdaptationWorker:
 
         model = self.build_model()
         overrides = dict(self.cfg.method_config.get(name, {}))
-        if "precision" not in overrides and name != "source":
+        if "precision" not in overrides:
             overrides["precision"] = self.cfg.precision
         if name == "brimpr":
             if self.cfg.protocol == "both":
@@ -289,14 +293,15 @@ class AdaptationWorker:
         if name in ("eata", "brimpr"):
             info = self.catalog.get(self.cfg.dataset, self.cfg.source_split)
             cache = Path(self.cfg.catalog) / "_cache"
-            meta = {"checkpoint": self._ckpt, "source_set": f"{info.path}:{info.job}"}
+            frame = str(self.cfg.frame)
+            meta = {"checkpoint": self._ckpt, "source_set": f"{info.path}:{info.job}", "frame": frame}
             if name == "eata":
                 n = int(overrides.get("fisher_size", 2000))
-                path = cache / f"fisher-{self._ckpt}-{info.job or 'x'}-{n}.safetensors"
+                path = cache / f"fisher-{self._ckpt}-{info.job or 'x'}-{n}-f{frame}.safetensors"
                 kwargs["fisher"] = fisher_cached(model, self._source(n), path, num_clips=n, metadata=meta)
             else:
                 n = int(overrides.get("num_samples_source", 32))
-                path = cache / f"brimpr-stats-{self._ckpt}-{info.job or 'x'}-{n}.safetensors"
+                path = cache / f"brimpr-stats-{self._ckpt}-{info.job or 'x'}-{n}-f{frame}.safetensors"
                 kwargs["source_stats"] = source_stats_cached(model, self._source(n), path, num_samples=n, metadata=meta)
         method = create_method(name, model, **kwargs, **overrides)
         self._methods[name] = method
@@ -423,7 +428,7 @@ def _run_on_ray(cfg: AdaptConfig, jobs: list[Job], total: int) -> list[dict[str,
             catalog=str(Path(cfg.catalog).resolve()),
             checkpoint=str(Path(cfg.checkpoint).resolve()),
             progress=False,
-            num_workers=min(cfg.num_workers, 1),
+            # same DataLoader worker count as a local run: the batch order depends on it (shards are split per worker)
         )
         actors = [actor_cls.remote(rcfg) for _ in range(n)]
         log.info("Ray: %d adaptation actors (%s)", n, "1 GPU each" if gpus else "CPU")

@@ -181,13 +181,17 @@ def process_chunk(task: ChunkTask) -> ChunkReport:
 
     # One thread for torch and BLAS: float reductions (fbank, SNRs) then give the same bits in every process,
     # serial or on Ray workers (which default to OMP_NUM_THREADS=1), so outputs are byte-identical everywhere.
-    threads = torch.get_num_threads()
+    import cv2
+
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # OpenCV's pool would oversubscribe the cores the workers already use
     try:
         with threadpool_limits(limits=1):
             return _process_chunk(task, decode_clip, DecodeError, compute_fbank, quantize_pcm16)
     finally:
         torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
 
 
 def _process_chunk(task: ChunkTask, decode_clip, DecodeError, compute_fbank, quantize_pcm16) -> ChunkReport:  # noqa: N803

@@ -6,6 +6,7 @@ themselves depend on nothing else of avtta).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +102,32 @@ def open_dataset(
             raise ValueError(f"a joined selection takes two corruptions (video, audio), got {corruption!r}")
         vinfo = cat.get(dataset, split, *parse_selection(corruption[0]))
         ainfo = cat.get(dataset, split, *parse_selection(corruption[1]))
-        vkeys = set(cat.samples(vinfo).column("key").to_pylist())
-        common = len(vkeys & set(cat.samples(ainfo).column("key").to_pylist()))
-        # shard i of both sets holds the same chunk of clips (one job); pair them by file name
+        # shard i of both sets must hold the same chunk of clips (one job): check it on the manifests
+        vshard = dict(zip(*cat.samples(vinfo).select(["key", "shard"]).to_pydict().values(), strict=True))
+        ashard = dict(zip(*cat.samples(ainfo).select(["key", "shard"]).to_pydict().values(), strict=True))
+        common = vshard.keys() & ashard.keys()
+        moved = sorted(k for k in common if vshard[k] != ashard[k])
+        if moved or not common:
+            raise ValueError(
+                f"{vinfo.path} and {ainfo.path} cannot be joined: they were not made by one job "
+                + (
+                    f"(clip {moved[0]!r} is in {vshard[moved[0]]} and {ashard[moved[0]]})"
+                    if moved
+                    else "(no common clip)"
+                )
+            )
+        dropped = len(vshard.keys() ^ ashard.keys())
+        if dropped:
+            logging.getLogger(__name__).warning(
+                "joining %s with %s: %d clips are in one set only (failed in the other) and are left out",
+                vinfo.path,
+                ainfo.path,
+                dropped,
+            )
         by_name = {p.name: p for p in cat.shard_paths(ainfo)}
         pairs = [(p, by_name[p.name]) for p in cat.shard_paths(vinfo) if p.name in by_name]
-        if not pairs or not common:
-            raise ValueError(f"{vinfo.path} and {ainfo.path} share no clips: they were not made by one job")
         stream = ShardStream([v for v, _ in pairs], cfg, audio_paths=[a for _, a in pairs], num_frames=vinfo.num_frames)
-        return BatchLoader(stream, common, batch_size, num_workers, drop_last, pin_memory)
+        return BatchLoader(stream, len(common), batch_size, num_workers, drop_last, pin_memory)
     info = cat.get(dataset, split, *parse_selection(corruption, modality, severity if severity is not None else None))
     stream = ShardStream(cat.shard_paths(info), cfg, num_frames=info.num_frames)
     return BatchLoader(stream, info.samples, batch_size, num_workers, drop_last, pin_memory)

@@ -151,3 +151,36 @@ def test_ray_fan_out_on_two_node_cluster(catalog, checkpoint, tmp_path, ray_clus
     remote = pq.read_table(tmp_path / "ray" / "results.parquet").to_pylist()
     key = lambda r: (r["method"], r["corruption"], r["seed"])  # noqa: E731
     assert {key(r): r["accuracy"] for r in remote} == {key(r): r["accuracy"] for r in local}
+
+
+def test_reference_batch_averaged_accuracy_and_both_tau(catalog, checkpoint, tmp_path):
+    import torch
+
+    from avtta.adapt.worker import AdaptationWorker
+    from avtta.shards import open_dataset
+
+    c = cfg(catalog, checkpoint, tmp_path / "r", protocol="video", corruptions=("fog",), methods=("source",))
+    row = run_adaptation(c)[0]
+    model = AdaptationWorker(c).build_model()
+    accs, hits = [], 0
+    for batch in open_dataset(catalog, "toy", "test", "video:fog@5", batch_size=4, seed=111, num_workers=0):
+        with torch.no_grad():
+            hit = int((model(batch["audio"], batch["video"]).argmax(1) == batch["label"]).sum())
+        hits += hit
+        accs.append(round(100 * hit / len(batch["key"]), 2))
+    assert row["accuracy"] == pytest.approx(100 * hits / 6)
+    assert row["accuracy_batch_avg"] == round(sum(accs) / len(accs), 2)  # the last batch (2 clips) weighs like 4
+    # BriMPR's contrastive temperature is 0.25 when both modalities are corrupted (run_both.py), 0.07 otherwise
+    both = AdaptationWorker(cfg(catalog, checkpoint, tmp_path / "b", protocol="both"))
+    one = AdaptationWorker(cfg(catalog, checkpoint, tmp_path / "o", protocol="video"))
+    assert both.method("brimpr").config.tau == 0.25 and one.method("brimpr").config.tau == 0.07
+
+
+def test_joining_sets_of_different_jobs_is_refused(tmp_path, small_videos):
+    from avtta.shards import open_dataset
+
+    common = dict(videos=str(small_videos), out=str(tmp_path), dataset="toy", frames=2, workers=0, progress=False)
+    run_shard_job(ShardJobConfig(corrupt=("video:fog@5",), shard_size=4, **common))
+    run_shard_job(ShardJobConfig(corrupt=("audio:gaussian_noise@5",), shard_size=3, **common))
+    with pytest.raises(ValueError, match="not made by one job"):
+        open_dataset(tmp_path, "toy", "test", ("video:fog@5", "audio:gaussian_noise@5"))
