@@ -428,7 +428,6 @@ def _run_on_ray(cfg: AdaptConfig, jobs: list[Job], total: int) -> list[dict[str,
             catalog=str(Path(cfg.catalog).resolve()),
             checkpoint=str(Path(cfg.checkpoint).resolve()),
             progress=False,
-            # same DataLoader worker count as a local run: the batch order depends on it (shards are split per worker)
         )
         actors = [actor_cls.remote(rcfg) for _ in range(n)]
         log.info("Ray: %d adaptation actors (%s)", n, "1 GPU each" if gpus else "CPU")

@@ -5,9 +5,11 @@ worker decodes only what the model needs (the fbank and one frame), applies the 
 samples; the main process groups them into batches of exactly ``batch_size`` (one partial batch at the end, as the
 reference ``DataLoader(drop_last=False)``), so the number and size of batches do not depend on ``num_workers``.
 
-Shuffling is seeded: the shard order is permuted with ``random.Random(seed)``, and each worker shuffles its samples
-through a buffer seeded with ``(seed, worker)``. The same seed, shards and worker count give the same batches.
-The pipeline writes clips in a hash-based order, so shards mix classes and a bounded buffer suffices.
+Shuffling is seeded and independent of the worker count: the shard order is permuted with ``random.Random(seed)``
+and dealt to a fixed number of sample streams (``MAX_STREAMS``); each stream shuffles its samples through a buffer
+seeded with ``(seed, stream)``; DataLoader workers each run some streams, and the main process puts the samples back
+into round-robin stream order. The same seed and shards give the same batches with 0, 1 or 8 workers. The pipeline
+writes clips in a hash-based order, so shards mix classes and a bounded buffer suffices.
 
 Two shard sets can be read as one ("both modalities corrupted"): frames from one set, fbank from the other, joined
 by key; both must come from the same job (same clips and shard boundaries), which the join checks.
@@ -19,6 +21,7 @@ import io
 import json
 import logging
 import random
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ from webdataset.tariterators import tarfile_samples
 
 from .schema import EVAL_FRAME, FBANK_FIELD, FRAME_FIELD, LABEL_FIELD, META_FIELD, decode_npy
 
+MAX_STREAMS = 8  # sample streams per shard set: the parallelism available to DataLoader workers
 FBANK_MEAN = -5.081  # CAV-MAE normalisation, used for every data set (spec item 23)
 FBANK_STD = 4.4849
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -183,13 +187,17 @@ class ShardStream(IterableDataset):
         self.select = _member_filter(cfg, num_frames)  # None: read every member
         self.epoch = 0
 
-    def _shards_for_worker(self) -> tuple[list[int], int]:
+    @property
+    def num_streams(self) -> int:
+        """Fixed number of sample streams (independent of the DataLoader worker count), at most ``MAX_STREAMS``."""
+        return max(1, min(len(self.paths), MAX_STREAMS))
+
+    def _stream_shards(self) -> list[list[int]]:
         order = list(range(len(self.paths)))
         if self.cfg.shuffle:
             random.Random(f"{self.cfg.seed}:{self.epoch}:shards").shuffle(order)
-        info = get_worker_info()
-        wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
-        return order[wid::n], wid
+        v = self.num_streams
+        return [order[i::v] for i in range(v)]
 
     def _samples(self, shard_ids: list[int]) -> Iterator[dict[str, Any]]:
         for i in shard_ids:
@@ -201,15 +209,35 @@ class ShardStream(IterableDataset):
                 vid, _iter_raw([self.audio_paths[i]], _audio_member_filter), self.paths[i], self.audio_paths[i]
             )
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        shard_ids, wid = self._shards_for_worker()
-        rng = random.Random(f"{self.cfg.seed}:{self.epoch}:{wid}:samples")
-        gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.epoch * 1009 + wid) & 0x7FFFFFFF)
+    def _stream(self, v: int, shard_ids: list[int]) -> Iterator[dict[str, Any]]:
+        """Stream ``v``: its shards, a buffer shuffle and per-sample randomness all seeded by (seed, epoch, v)."""
+        rng = random.Random(f"{self.cfg.seed}:{self.epoch}:{v}:samples")
+        gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.epoch * 1009 + v) & 0x7FFFFFFF)
         source = self._samples(shard_ids)
         if self.cfg.shuffle and self.cfg.shuffle_buffer > 1:
-            source = _shuffle(source, self.cfg.shuffle_buffer, rng)
+            source = _shuffle(source, max(2, self.cfg.shuffle_buffer // self.num_streams), rng)
         for raw in source:
-            yield self._transform(raw, rng, gen)
+            out = self._transform(raw, rng, gen)
+            out["_stream"] = v
+            yield out
+        yield {"_stream": v, "_end": True}
+
+    def iter_samples(self) -> Iterator[dict[str, Any]]:
+        """All samples in canonical order, in this process (what a DataLoader with any worker count yields)."""
+        return canonical_order(iter(self), self.num_streams)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """This worker's streams, round robin; items are tagged with their stream for :func:`canonical_order`."""
+        info = get_worker_info()
+        wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        streams = [self._stream(v, ids) for v, ids in enumerate(self._stream_shards()) if v % n == wid]
+        while streams:
+            for it in list(streams):
+                item = next(it, None)
+                if item is None:
+                    streams.remove(it)
+                else:
+                    yield item
 
     def _transform(self, raw: dict[str, Any], rng: random.Random, gen: torch.Generator) -> dict[str, Any]:
         cfg = self.cfg
@@ -257,6 +285,34 @@ def _join_by_key(
         yield v
     if order and not matched:
         raise ValueError(f"shards {vpath} and {apath} have no clip in common: they cannot be joined")
+
+
+def canonical_order(items: Iterator[dict[str, Any]], num_streams: int) -> Iterator[dict[str, Any]]:
+    """Reorder tagged items into round robin over streams 0..V-1 (skipping finished ones).
+
+    Whatever the number of DataLoader workers (which each run some of the streams), the samples then come out in the
+    same order, so results do not depend on ``num_workers``. Buffering stays small: workers also go round robin.
+    """
+    pending: list[deque[dict[str, Any]]] = [deque() for _ in range(num_streams)]
+    done = [False] * num_streams
+    v = 0
+    items = iter(items)
+    while not all(done) or any(pending):
+        if pending[v]:
+            yield pending[v].popleft()
+            v = (v + 1) % num_streams
+            continue
+        if done[v]:
+            v = (v + 1) % num_streams
+            continue
+        item = next(items, None)
+        if item is None:
+            raise RuntimeError("shard reader: a stream ended without its end marker")
+        s = item.pop("_stream")
+        if item.get("_end"):
+            done[s] = True
+        else:
+            pending[s].append(item)
 
 
 def _shuffle(source: Iterator[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
@@ -314,7 +370,7 @@ class BatchLoader:
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.drop_last = drop_last
-        self.num_workers = max(0, min(num_workers, len(stream.paths)))
+        self.num_workers = max(0, min(num_workers, stream.num_streams))
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
 
     def set_epoch(self, epoch: int) -> None:
@@ -335,7 +391,7 @@ class BatchLoader:
             prefetch_factor=8 if self.num_workers else None,
         )
         pending: list[dict[str, Any]] = []
-        for sample in loader:
+        for sample in canonical_order(loader, self.stream.num_streams):
             pending.append(sample)
             if len(pending) == self.batch_size:
                 yield self._finish(collate(pending))

@@ -104,12 +104,12 @@ def test_reader_transforms_and_deterministic_shuffle(tmp_path):
         for j in range(3)
     ]
     cfg = ReaderConfig(seed=3, shuffle_buffer=4)
-    keys1 = [s["key"] for s in ShardStream(paths, cfg)]
-    keys2 = [s["key"] for s in ShardStream(paths, cfg)]
-    keys3 = [s["key"] for s in ShardStream(paths, ReaderConfig(seed=4, shuffle_buffer=4))]
+    keys1 = [s["key"] for s in ShardStream(paths, cfg).iter_samples()]
+    keys2 = [s["key"] for s in ShardStream(paths, cfg).iter_samples()]
+    keys3 = [s["key"] for s in ShardStream(paths, ReaderConfig(seed=4, shuffle_buffer=4)).iter_samples()]
     assert keys1 == keys2 and sorted(keys1) == sorted(keys3) and keys1 != keys3
     assert len(set(keys1)) == 15
-    s = collate([next(iter(ShardStream(paths[:1], ReaderConfig(shuffle=False))))])
+    s = collate([next(ShardStream(paths[:1], ReaderConfig(shuffle=False)).iter_samples())])
     orig = make_sample("c0_0", 0)
     expect = (torch.from_numpy(orig.fbank.astype(np.float32)) - FBANK_MEAN) / FBANK_STD
     torch.testing.assert_close(s["audio"][0], expect)
@@ -139,7 +139,7 @@ def test_image_transform_matches_torchvision():
 def test_join_two_sets_by_key_skips_unpaired(tmp_path):
     video = [write_shard(tmp_path / "v" / "shard-000000.tar", [make_sample(f"k{i}", i) for i in range(4)])]
     audio = [write_shard(tmp_path / "a" / "shard-000000.tar", [make_sample(f"k{i}", 10 + i) for i in (0, 2, 3)])]
-    out = list(ShardStream(video, ReaderConfig(shuffle=False), audio_paths=audio))
+    out = list(ShardStream(video, ReaderConfig(shuffle=False), audio_paths=audio).iter_samples())
     assert [s["key"] for s in out] == ["k0", "k2", "k3"]  # k1 failed in the audio set: no pair
     expect = torch.from_numpy(make_sample("k2", 12).fbank)
     torch.testing.assert_close(out[1]["audio"], expect)  # fbank from the audio set
@@ -148,3 +148,21 @@ def test_join_two_sets_by_key_skips_unpaired(tmp_path):
 
 def image_transform_raw(jpeg: bytes) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).copy()).permute(2, 0, 1).float()
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_batches_do_not_depend_on_worker_count(tmp_path):
+    from avtta.shards import BatchLoader
+
+    paths = [
+        write_shard(tmp_path / f"shard-{j:06d}.tar", [make_sample(f"c{j}_{i}", 10 * j + i, frames=1) for i in range(4)])
+        for j in range(5)
+    ]
+    orders = []
+    for workers in (0, 1, 2, 3):
+        loader = BatchLoader(ShardStream(paths, ReaderConfig(seed=11, shuffle_buffer=6)), 20, 3, num_workers=workers)
+        batches = list(loader)
+        assert [len(b["key"]) for b in batches] == [3] * 6 + [2]
+        orders.append([k for b in batches for k in b["key"]])
+    assert orders[0] == orders[1] == orders[2] == orders[3]
+    assert sorted(orders[0]) == sorted(f"c{j}_{i}" for j in range(5) for i in range(4))
