@@ -1,0 +1,33 @@
+"""CAV-MAE models for audio-visual test-time adaptation (``avtta.models``).
+
+``create_model(name, num_classes, checkpoint, **overrides)`` builds a registered variant (``list_models()``),
+optionally from a released CAV-MAE ``.pth`` or one of avtta's safetensors checkpoints.
+"""
+
+from .cav_mae import ARCH_ARGS, CAVMAEFT, MODES, Block, sincos_pos_embed_2d
+from .checkpoint import (
+    checkpoint_filter_fn,
+    load_checkpoint,
+    load_released_state_dict,
+    read_checkpoint_config,
+    save_checkpoint,
+)
+from .factory import create_model
+from .registry import is_model, list_models, register_model
+
+__all__ = [
+    "ARCH_ARGS",
+    "CAVMAEFT",
+    "MODES",
+    "Block",
+    "checkpoint_filter_fn",
+    "create_model",
+    "is_model",
+    "list_models",
+    "load_checkpoint",
+    "load_released_state_dict",
+    "read_checkpoint_config",
+    "register_model",
+    "save_checkpoint",
+    "sincos_pos_embed_2d",
+]

@@ -1,0 +1,435 @@
+"""Supervised fine-tuning of a CAVMAEFT on clean shards (``avtta train``).
+
+Recipe after CAV-MAE's fine-tuning (``src/run_cavmae_ft.py``, ``egs/vggsound/run_cavmae_ft.sh``: multimodal
+fine-tuning, SpecAugment ``freqm`` 48 / ``timem`` 192, a random training frame, head learning rate x10, label
+smoothing 0.1, cross-entropy), with AdamW and a linear warm-up + cosine schedule instead of CAV-MAE's Adam and
+step decay. Not ported: mixup, fbank noise/roll augmentation and weight averaging.
+
+Data: any iterable of batch dicts ``{"audio": [B,T,128], "video": [B,3,H,W], "label": LongTensor[B], ...}``; by
+default the streaming reader :func:`avtta.shards.open_dataset` over a catalog (SpecAugment and the random frame are
+applied there). Mixed precision (fp16 autocast + GradScaler) only on CUDA; fp32 on the CPU.
+
+Outputs in ``out``: ``model.safetensors`` + ``model.json`` (the model after the last finished epoch, loadable with
+``create_model(name, checkpoint=out)``), ``train_config.json`` (the resolved config), ``history.json`` (metrics per
+epoch), and ``state.safetensors`` + ``state.json`` (optimizer, scaler and progress; what ``resume`` continues from).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .cav_mae import CAVMAEFT
+from .checkpoint import save_checkpoint
+from .factory import create_model
+
+__all__ = ["EVAL_MODES", "TrainConfig", "TrainResult", "eval_logits", "evaluate", "train"]
+
+_log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+TRAIN_MODES = ("multimodal", "audioonly", "videoonly")
+# Validation heads per training mode: name -> forward mode (a multimodal model given one modality uses missing*).
+EVAL_MODES = {
+    "multimodal": {"multimodal": "multimodal", "audio": "missingaudioonly", "video": "missingvideoonly"},
+    "audioonly": {"audio": "audioonly"},
+    "videoonly": {"video": "videoonly"},
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (saved as ``train_config.json``).
+
+    Attributes:
+        catalog: output root of ``avtta shard`` / ``avtta import`` (unused when data is passed to :func:`train`).
+        dataset: data set name in the catalog (required with a catalog).
+        model: registered model name.
+        out: run folder.
+        epochs: total epochs (a resumed run continues up to this number).
+        lr: base learning rate; ``None`` = 1e-3 from scratch, 1e-4 when fine-tuning from ``init``.
+        head_lr_factor: learning-rate multiplier of ``mlp_head`` (CAV-MAE: 10).
+        weight_decay: AdamW decoupled weight decay.
+        warmup_fraction: share of all steps with a linear learning-rate warm-up (then cosine to ``min_lr_ratio``).
+        batch_size: clips per step.
+        mode: ``multimodal`` (default), ``audioonly`` or ``videoonly`` fine-tuning.
+        label_smoothing: cross-entropy label smoothing (CAV-MAE: 0.1).
+        freqm, timem: SpecAugment mask widths of the training reader (CAV-MAE: 48, 192).
+        train_split, val_split: catalog splits; ``val_split=None`` skips validation.
+        init: optional checkpoint to start from (released ``.pth`` or ours); a different class count gets a new head.
+        num_classes: classes; ``None`` = the catalog's class table for ``dataset``.
+        model_overrides: architecture overrides passed to ``create_model``.
+        seed: model initialisation and data-order seed.
+        num_workers: reader worker processes.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
+        progress: show a tqdm bar.
+    """
+
+    catalog: str | None = None
+    dataset: str | None = None
+    model: str = "cav_mae_ft_tiny"
+    out: str = "runs/train"
+    epochs: int = 10
+    lr: float | None = None
+    head_lr_factor: float = 10.0
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    min_lr_ratio: float = 0.01
+    batch_size: int = 32
+    mode: str = "multimodal"
+    label_smoothing: float = 0.1
+    freqm: int = 48
+    timem: int = 192
+    train_split: str = "train"
+    val_split: str | None = "test"
+    init: str | None = None
+    num_classes: int | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in TRAIN_MODES:
+            raise ValueError(f"train mode must be one of {TRAIN_MODES}, got {self.mode!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1) and min_lr_ratio in [0, 1], got {self}")
+
+    @property
+    def base_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-4 if self.init else 1e-3
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "resolved_lr": self.base_lr}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    out: Path
+    checkpoint: Path
+    epochs_done: int
+    history: list[dict[str, Any]]
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available")
+        torch.backends.cudnn.deterministic = True  # reproducible runs (spec item 4)
+        torch.backends.cudnn.benchmark = False
+    return device
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps (from 1/warmup), then cosine from 1 to ``min_ratio`` at ``total``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _build_optimizer(model: CAVMAEFT, cfg: TrainConfig) -> torch.optim.AdamW:
+    head = {name for name, _ in model.select_parameters("head")}
+    # No weight decay on LayerNorms, biases and embeddings (usual ViT practice).
+    no_decay = set(model.param_groups()["norms"]) | set(model.param_groups()["embed"])
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            key = (name in head, name in no_decay or name.endswith(".bias"))
+            groups.setdefault(key, []).append(param)
+    param_groups = []
+    for (is_head, is_no_decay), params in sorted(groups.items()):
+        base = cfg.base_lr * (cfg.head_lr_factor if is_head else 1.0)
+        param_groups.append({
+            "params": params, "lr": base, "base_lr": base, "weight_decay": 0.0 if is_no_decay else cfg.weight_decay,
+        })  # fmt: skip
+    return torch.optim.AdamW(param_groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+
+
+def _move(batch: Mapping[str, Any], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    for key in ("audio", "video", "label"):
+        if key not in batch:
+            raise ValueError(f"training batch lacks {key!r} (has {sorted(batch)})")
+    non_blocking = device.type == "cuda"
+    return (
+        batch["audio"].to(device, non_blocking=non_blocking).float(),
+        batch["video"].to(device, non_blocking=non_blocking).float(),
+        batch["label"].to(device, non_blocking=non_blocking).long(),
+    )
+
+
+def _forward(model: CAVMAEFT, audio: Tensor, video: Tensor, mode: str) -> Tensor:
+    if mode == "audioonly":
+        return model(audio, None, "audioonly")
+    if mode == "videoonly":
+        return model(None, video, "videoonly")
+    return model(audio, video, "multimodal")
+
+
+def eval_logits(model: CAVMAEFT, audio: Tensor, video: Tensor, train_mode: str = "multimodal") -> dict[str, Tensor]:
+    """Logits of every validation head of ``train_mode`` (``EVAL_MODES``), sharing the modality stacks.
+
+    Equal to ``model(audio, video, mode)`` for each head's mode, with one run of each stack instead of one per head.
+    """
+    heads = EVAL_MODES[train_mode]
+    a = model.run_stack(model.embed_audio(audio), "a") if train_mode != "videoonly" else None
+    v = model.run_stack(model.embed_video(video), "v") if train_mode != "audioonly" else None
+    out = {}
+    for name, mode in heads.items():
+        if mode == "multimodal":
+            pooled = model.pool(model.fuse(torch.cat((a, v), 1), "u"), "norm")
+        else:
+            tokens, sel = (a, "a") if name == "audio" else (v, "v")
+            pooled = model.pool(model.fuse(tokens, sel), f"norm_{sel}")
+            if mode.startswith("missing"):
+                pooled = (model.pool(model.fuse(tokens, "u"), "norm") + pooled) / 2
+        out[name] = model.head(pooled)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: CAVMAEFT, batches: Iterable[Mapping[str, Any]], train_mode: str = "multimodal") -> dict[str, float]:
+    """Per-sample accuracy (percent) of the validation heads of ``train_mode`` (see ``EVAL_MODES``).
+
+    For a multimodal model: ``acc_multimodal``, ``acc_audio`` (mode ``missingaudioonly``) and ``acc_video``
+    (``missingvideoonly``).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = dict.fromkeys(EVAL_MODES[train_mode], 0)
+    total = 0
+    for batch in batches:
+        audio, video, label = _move(batch, device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+            logits = eval_logits(model, audio, video, train_mode)
+        for name, value in logits.items():
+            correct[name] += int((value.argmax(-1) == label).sum())
+        total += int(label.numel())
+    model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluate: the validation data is empty")
+    return {f"acc_{name}": 100.0 * count / total for name, count in correct.items()}
+
+
+# ------------------------------------------------------------------------------------------------- state
+
+
+def _save_state(path: Path, model: CAVMAEFT, optimizer: torch.optim.Optimizer, scaler, progress: dict) -> None:
+    """Model + AdamW state (tensors in safetensors, the rest in JSON), written atomically."""
+    tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{index}.{key}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    meta = {
+        "version": STATE_VERSION,
+        "progress": progress,
+        "param_groups": opt["param_groups"],
+        "optim_scalars": scalars,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp_meta = path.with_suffix(".json.tmp")
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    tmp.replace(path)
+    tmp_meta.replace(path.with_suffix(".json"))
+
+
+def _load_state(path: Path, model: CAVMAEFT, optimizer: torch.optim.Optimizer, scaler) -> dict:
+    meta_path = path.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{meta_path}: unreadable training state ({err})") from err
+    if meta.get("version") != STATE_VERSION:
+        raise ValueError(f"{meta_path}: training state version {meta.get('version')} != {STATE_VERSION}")
+    tensors = load_file(str(path), device="cpu")
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(model_state, strict=True)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in meta["optim_scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    return meta["progress"]
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+
+def _open(cfg: TrainConfig, split: str, training: bool) -> Iterable[Mapping[str, Any]]:
+    from avtta.shards import open_dataset  # data layer; imported lazily so the model code stays torch/timm-only
+
+    if cfg.catalog is None or not cfg.dataset:
+        raise ValueError("TrainConfig.catalog and .dataset are required when no data iterables are passed to train()")
+    return open_dataset(
+        cfg.catalog, dataset=cfg.dataset, split=split, corruption="clean", severity=0, batch_size=cfg.batch_size,
+        seed=cfg.seed, shuffle=training, frame="random" if training else "eval", freqm=cfg.freqm if training else 0,
+        timem=cfg.timem if training else 0, num_workers=cfg.num_workers,
+    )  # fmt: skip
+
+
+def _num_classes(cfg: TrainConfig) -> int:
+    if cfg.num_classes is not None:
+        return cfg.num_classes
+    if cfg.catalog is None or not cfg.dataset:
+        raise ValueError("TrainConfig.num_classes is required without a catalog and dataset")
+    from avtta.manifests import Catalog
+
+    return len(Catalog(cfg.catalog).classes(cfg.dataset))
+
+
+def _build_model(cfg: TrainConfig, num_classes: int) -> CAVMAEFT:
+    if cfg.init is None:
+        return create_model(cfg.model, num_classes=num_classes, init_seed=cfg.seed, **cfg.model_overrides)
+    model = create_model(cfg.model, checkpoint=cfg.init, **cfg.model_overrides)
+    if model.num_classes != num_classes:
+        _log.info("%s has %d classes; new %d-class head", cfg.init, model.num_classes, num_classes)
+        model.reset_classifier(num_classes, seed=cfg.seed)
+    return model
+
+
+def train(
+    cfg: TrainConfig,
+    train_data: Iterable[Mapping[str, Any]] | None = None,
+    val_data: Iterable[Mapping[str, Any]] | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train (or resume training) and write the run folder ``cfg.out``.
+
+    Args:
+        cfg: the run.
+        train_data: batches for one epoch, iterated once per epoch (``set_epoch(epoch)`` is called when it has
+            one); default: the catalog's ``train_split`` through the streaming reader.
+        val_data: validation batches; default: the catalog's ``val_split`` (none if ``val_split`` is ``None``).
+        resume: continue from ``state.safetensors`` in ``cfg.out`` (a fresh start when there is none).
+
+    Returns:
+        The run folder, the model checkpoint and the per-epoch history.
+    """
+    out = Path(cfg.out)
+    state_path = out / "state.safetensors"
+    if state_path.exists() and not resume:
+        raise ValueError(f"{out} already holds a training run: pass resume=True (--resume) or choose another --out")
+    if resume and state_path.exists():
+        saved = json.loads((out / "train_config.json").read_text())
+        changed = {
+            k: (saved.get(k), v)
+            for k, v in cfg.to_json().items()
+            if k not in ("epochs", "progress", "num_workers", "device", "catalog", "out") and saved.get(k) != v
+        }
+        if changed:
+            raise ValueError(f"{out}: cannot resume with a different config: {changed} (saved, requested)")
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    train_data = _open(cfg, cfg.train_split, True) if train_data is None else train_data
+    if val_data is None and cfg.val_split is not None and cfg.catalog is not None:
+        val_data = _open(cfg, cfg.val_split, False)
+    try:
+        steps_per_epoch = len(train_data)  # type: ignore[arg-type]
+    except TypeError as err:
+        raise TypeError("train_data must have a len() (number of batches per epoch) for the schedule") from err
+    if steps_per_epoch < 1:
+        raise ValueError("train_data is empty")
+
+    model = _build_model(cfg, _num_classes(cfg)).to(device).train()
+    optimizer = _build_optimizer(model, cfg)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp) if use_amp else None
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_fraction * total_steps)
+
+    progress = {"epochs_done": 0, "step": 0, "history": []}
+    if resume and state_path.exists():
+        progress = _load_state(state_path, model, optimizer, scaler)
+        _log.info("resuming %s after epoch %d (step %d)", out, progress["epochs_done"], progress["step"])
+    (out / "train_config.json").write_text(json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
+    history: list[dict[str, Any]] = progress["history"]
+    step = progress["step"]
+
+    for epoch in range(progress["epochs_done"], cfg.epochs):
+        if hasattr(train_data, "set_epoch"):
+            train_data.set_epoch(epoch)  # reproducible per-epoch shuffling, also after a resume
+        model.train()
+        started, loss_sum, correct, seen = time.time(), 0.0, 0, 0
+        bar = tqdm(train_data, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
+        for batch in bar:
+            audio, video, label = _move(batch, device)
+            factor = lr_factor(step, total_steps, warmup, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                logits = _forward(model, audio, video, cfg.mode)
+            loss = F.cross_entropy(logits.float(), label, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            step += 1
+            loss_value = float(loss.detach())
+            loss_sum += loss_value * label.numel()
+            correct += int((logits.argmax(-1) == label).sum())
+            seen += label.numel()
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        record: dict[str, Any] = {
+            "epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
+            "train_acc": 100.0 * correct / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+        }  # fmt: skip
+        if val_data is not None:
+            record.update(evaluate(model, val_data, cfg.mode))
+        record["seconds"] = round(time.time() - started, 2)
+        history.append(record)
+        _log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, {k: round(v, 4) for k, v in record.items()})
+        # Model first, then the resume state: a crash in between repeats one epoch at worst.
+        save_checkpoint(model, out / "model.safetensors")
+        (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+        progress = {"epochs_done": epoch + 1, "step": step, "history": history}
+        _save_state(state_path, model, optimizer, scaler, progress)
+
+    return TrainResult(out=out, checkpoint=out / "model.safetensors", epochs_done=progress["epochs_done"],
+                       history=history)  # fmt: skip
