@@ -112,6 +112,9 @@ class RayCluster:
         # `ray stop` would kill every Ray process of the machine (other tests' too): kill only this cluster's
         subprocess.run(["pkill", "-9", "-f", self.tmp], capture_output=True)
         subprocess.run(["pkill", "-9", "-f", f"127.0.0.1:{self.port}"], capture_output=True)
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
