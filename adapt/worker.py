@@ -211,16 +211,9 @@ def checkpoint_digest(path: str | Path) -> str:
 
 
 def pick_device(device: str) -> torch.device:
-    """Resolve ``auto``; on CUDA choose deterministic cuDNN kernels (spec item 4: the references asked for both)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine")
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    return dev
+    from avtta.device import resolve_device
+
+    return resolve_device(device)
 
 
 class AdaptationWorker:

@@ -137,15 +137,9 @@ class TrainResult:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available")
-        torch.backends.cudnn.deterministic = True  # reproducible runs (spec item 4)
-        torch.backends.cudnn.benchmark = False
-    return device
+    from avtta.device import resolve_device
+
+    return resolve_device(name)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:

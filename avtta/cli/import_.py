@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ._common import add_ray_arguments
+
 
 def _frame_list(text: str) -> tuple[int, ...]:
     """``0-9`` / ``5`` / ``4,5`` -> frame indices."""
@@ -72,9 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--shard-size", type=int, default=256, help="samples per shard")
     p.add_argument("--waveform", action="store_true", help="also store the audio (FLAC)")
-    p.add_argument("--workers", type=int, help="parallel workers (default: all CPUs; 0: no Ray, in-process)")
-    p.add_argument("--ray-address", help="run on an existing Ray cluster (default: RAY_ADDRESS or embedded Ray)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_arguments(p)
     p.set_defaults(func=run)
 
 

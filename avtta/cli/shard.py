@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ._common import add_ray_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -66,9 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--crowd-image-dir", help="RGBA person cut-outs for av:crowd (AVRobustBench's crowd_image/; default: synthetic)"
     )
-    p.add_argument("--workers", type=int, help="parallel workers (default: all CPUs; 0: no Ray, in-process)")
-    p.add_argument("--ray-address", help="run on an existing Ray cluster (default: RAY_ADDRESS or embedded Ray)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_arguments(p)
     p.set_defaults(func=run)
 
 
