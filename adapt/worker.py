@@ -112,6 +112,7 @@ class AdaptConfig:
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
     ray_address: str | None = None
     progress: bool = True
+    quiet: bool = False  # do not print the table (callers that print their own, e.g. the demo)
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -389,7 +390,7 @@ def run_adaptation(cfg: AdaptConfig) -> list[dict[str, Any]]:
         with tqdm(total=total, unit="clip", desc="adapt", disable=not cfg.progress, dynamic_ncols=True) as bar:
             for job in jobs:
                 rows += worker.run(job, bar)
-    write_report(rows, out)
+    write_report(rows, out, quiet=cfg.quiet)
     return rows
 
 

@@ -1,0 +1,356 @@
+"""``avtta demo``: the embedded default benchmark, end to end, on a CPU, with nothing downloaded.
+
+Steps, each cached (a rerun skips what is complete):
+
+1. generate the synthetic audio-visual data set (``pipelines/demo_data.py``) as real mp4 files;
+2. shard it with the raw-video pipeline (``run_shard_job``): clean train, clean test and corrupted test sets;
+3. fine-tune a small CAV-MAE (``cav_mae_ft_tiny``) on the clean train shards (``models/train.py``);
+4. run the TTA methods online on the clean and corrupted test shards (``adapt/worker.py``), per protocol;
+5. write one table (accuracy per method x corruption, mean over corruptions) and a heatmap under ``out``.
+
+Three profiles: ``quick`` (a smoke run on a few dozen tiny clips, used by the tests), ``default`` (10 classes,
+1000 + 400 clips, a representative corruption subset at severity 5, one seed) and ``full`` (every corruption,
+three seeds; it shares the default profile's data, shards and source model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PROFILES", "DemoProfile", "DemoResult", "run_demo"]
+
+DATASET = "avsynth"
+
+
+@dataclass(frozen=True)
+class DemoProfile:
+    """Everything a demo run does; the profiles in :data:`PROFILES` are the supported choices."""
+
+    name: str
+    # data (pipelines/demo_data.py)
+    num_classes: int = 10
+    train_clips: int = 1000
+    test_clips: int = 400
+    seconds: float = 2.0
+    size: int = 64
+    fps: float = 10.0
+    # shards: frames stored per clip. Training samples a random stored frame; the test sets need only the one frame
+    # the model reads, so they store one (video corruptions cost per stored frame).
+    train_frames: int = 4
+    test_frames: int = 1
+    shard_size: int = 100
+    # corruptions at severity 5, per protocol ("all": every registered one). The default subset has noise of each
+    # kind plus the weather / signal-loss corruptions that hurt the source model most on this data (measured on all
+    # 36: video noise, blur, pixelate and JPEG leave the hue cue intact; snow, fog and contrast wash it out).
+    video: tuple[str, ...] = ("gaussian_noise", "snow", "fog", "contrast")
+    audio: tuple[str, ...] = ("gaussian_noise", "traffic", "wind")
+    av: tuple[str, ...] = ("gaussian", "rain", "underwater")
+    severity: int = 5
+    # source model (models/train.py)
+    model: str = "cav_mae_ft_tiny"
+    epochs: int = 15
+    train_batch_size: int = 32
+    # adaptation (adapt/worker.py)
+    methods: tuple[str, ...] = ("all",)
+    seeds: tuple[int, ...] = (111,)
+    batch_size: int = 64
+    seed: int = 0
+    # where the data of this profile lives under ``data`` and its results under ``out`` ("" = the folder itself)
+    data_subdir: str = ""
+    out_subdir: str = ""
+
+    def corruption_specs(self) -> tuple[str, ...]:
+        """Shard-job specs of the test sets: clean plus every selected corruption."""
+        from avtta.corruptions import list_corruptions
+
+        specs = ["none"]
+        for modality in ("video", "audio", "av"):
+            names = getattr(self, modality)
+            if names == ("all",):
+                names = tuple(n for m, n in _registered(list_corruptions()) if m == modality)
+            specs += [f"{modality}:{n}@{self.severity}" for n in names]
+        return tuple(specs)
+
+
+def _registered(items: list[str]) -> list[tuple[str, str]]:
+    """``list_corruptions()`` entries (``modality:name``) as (modality, name) pairs."""
+    return [tuple(item.split(":", 1)) for item in items]  # type: ignore[misc]
+
+
+PROFILES: dict[str, DemoProfile] = {
+    "quick": DemoProfile(
+        name="quick",
+        num_classes=4,
+        train_clips=48,
+        test_clips=24,
+        seconds=1.0,
+        size=48,
+        fps=8.0,
+        train_frames=2,
+        shard_size=24,
+        video=("gaussian_noise",),
+        audio=("gaussian_noise",),
+        av=(),
+        epochs=2,
+        train_batch_size=16,
+        batch_size=16,
+        data_subdir="quick",
+        out_subdir="quick",
+    ),
+    "default": DemoProfile(name="default"),
+    "full": DemoProfile(
+        name="full", video=("all",), audio=("all",), av=("all",), seeds=(111, 222, 333), out_subdir="full"
+    ),
+}
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` produced."""
+
+    out: Path
+    table: str  # Markdown: accuracy per method x corruption (mean over corruptions), then the clean table
+    rows: list[dict[str, Any]]
+    clean: dict[str, float]  # source model on clean test data: acc_multimodal, acc_audio, acc_video (percent)
+    timings: dict[str, float]  # seconds per step (a cached step takes ~0)
+    cached: list[str]  # steps skipped because their output was complete
+
+
+def _pick_workers(workers: int | None) -> int:
+    if workers is not None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        return workers
+    from avtta.pipelines.shard_job import cpu_count
+
+    return cpu_count()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _step_generate(p: DemoProfile, data: Path, workers: int) -> tuple[Any, bool]:
+    from avtta.pipelines.demo_data import DATASET_FILE, generate_demo_dataset
+
+    cached = (data / "videos" / DATASET_FILE).exists()
+    ds = generate_demo_dataset(
+        data / "videos", num_classes=p.num_classes, train=p.train_clips, test=p.test_clips, seconds=p.seconds,
+        size=p.size, fps=p.fps, seed=p.seed, workers=workers,
+    )  # fmt: skip
+    return ds, cached
+
+
+def _step_shard(p: DemoProfile, ds: Any, catalog: Path, workers: int, progress: bool) -> bool:
+    """Shard the clean train split and the clean + corrupted test split; True when nothing was left to do."""
+    from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
+
+    done = True
+    for split, folder, frames, corrupt in (
+        ("train", ds.train, p.train_frames, ("none",)),
+        ("test", ds.test, p.test_frames, p.corruption_specs()),
+    ):
+        summary = run_shard_job(
+            ShardJobConfig(
+                videos=str(folder), labels=str(ds.labels), out=str(catalog), dataset=DATASET, split=split,
+                corrupt=corrupt, frames=frames, shard_size=p.shard_size, seed=p.seed, workers=workers,
+                progress=progress,
+            )
+        )  # fmt: skip
+        log.info("shards %s: %s", split, summary.format())
+        if summary.failed:
+            raise ValueError(f"{summary.failed} demo clips failed to shard; see failures.parquet under {catalog}")
+        done &= summary.resumed_chunks >= -(-summary.clips // p.shard_size)
+    return done
+
+
+def _step_train(p: DemoProfile, catalog: Path, run: Path, progress: bool) -> tuple[Path, dict[str, float], bool]:
+    """Train the source model (resuming a killed run); return its checkpoint and last validation accuracies."""
+    from avtta.models.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        catalog=str(catalog), dataset=DATASET, model=p.model, out=str(run), epochs=p.epochs,
+        batch_size=p.train_batch_size, seed=p.seed, val_split="test", progress=progress,
+    )  # fmt: skip
+    state = _read_json(run / "state.json")
+    saved = _read_json(run / "train_config.json")
+    # paths and run-time knobs may be spelled differently between runs; everything else must match
+    volatile = ("catalog", "out", "progress", "num_workers", "device")
+    same = saved is not None and all(saved.get(k) == v for k, v in cfg.to_json().items() if k not in volatile)
+    cached = bool(same and state and state.get("progress", {}).get("epochs_done") == p.epochs)
+    if cached:
+        history = state["progress"]["history"]
+    else:
+        if saved is not None and not same:
+            raise ValueError(
+                f"{run} holds a source model trained with other options; remove the folder or choose another --out"
+            )
+        history = train(cfg, resume=(run / "state.safetensors").exists()).history
+    last = history[-1] if history else {}
+    clean = {k: float(v) for k, v in last.items() if k.startswith("acc_")}
+    return run / "model.safetensors", clean, cached
+
+
+def _step_adapt(
+    p: DemoProfile, catalog: Path, checkpoint: Path, out: Path, protocol: str, names: tuple[str, ...], progress: bool
+) -> tuple[list[dict[str, Any]], bool]:
+    """Run every method on one protocol's sets (cached by config and checkpoint digest)."""
+    import pyarrow.parquet as pq
+
+    from avtta.adapt.report import RESULTS_FILE
+    from avtta.adapt.worker import AdaptConfig, checkpoint_digest, run_adaptation
+
+    run = out / "adapt" / protocol
+    cfg = AdaptConfig(
+        catalog=str(catalog), dataset=DATASET, checkpoint=str(checkpoint), protocol=protocol,
+        corruptions=names if protocol != "clean" else ("all",), severity=(p.severity,), methods=p.methods,
+        seeds=p.seeds, batch_size=p.batch_size, out=str(run), progress=progress, quiet=True,
+    )  # fmt: skip
+    config = {k: v for k, v in asdict(cfg).items() if k != "quiet"}
+    key = {"config": config, "checkpoint": checkpoint_digest(checkpoint)}
+    marker = run / "demo_step.json"
+    if _read_json(marker) == json.loads(json.dumps(key, default=str)) and (run / RESULTS_FILE).exists():
+        return pq.read_table(run / RESULTS_FILE).to_pylist(), True
+    rows = run_adaptation(cfg)
+    _write_json(key, marker)
+    return rows, False
+
+
+_PREFIX = {"video": "v", "audio": "a", "av": "av"}
+# validation heads of models/train.py: one-modality accuracy uses the model's missing-modality forward
+_CLEAN_NAMES = {
+    "acc_multimodal": "audio + video",
+    "acc_audio": "audio only (missing video)",
+    "acc_video": "video only (missing audio)",
+}
+
+
+def _label(row: dict[str, Any]) -> dict[str, Any]:
+    """A row whose condition name says its modality (``v:gaussian_noise`` vs ``a:gaussian_noise``)."""
+    return {**row, "corruption": f"{_PREFIX[row['protocol']]}:{row['corruption']}"}
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    data: str | Path = "data/demo",
+    quick: bool = False,
+    full: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> DemoResult:
+    """Run the demo benchmark end to end; see the module docstring.
+
+    Args:
+        out: results root (``table.md``, ``heatmap.png``, ``results.parquet``, ``demo.json``; the source model in
+            ``source/`` and the per-protocol runs in ``adapt/``). ``quick`` and ``full`` write to sub-folders.
+        data: data root (videos in ``videos/``, the shard catalog in ``shards/``; ``quick`` uses ``quick/``).
+        quick: the smoke profile (tiny data, 2 corruptions, all methods; well under 3 minutes).
+        full: every corruption at severity 5, three seeds.
+        workers: processes for generation and sharding (default: all CPUs; 0: in this process, without Ray).
+        progress: show progress bars.
+    """
+    from avtta.adapt.report import markdown_table, write_report
+
+    if quick and full:
+        raise ValueError("choose one of quick and full, not both")
+    p = PROFILES["quick" if quick else "full" if full else "default"]
+    data_root = Path(data) / p.data_subdir
+    base_out = Path(out)
+    out_dir = base_out / p.out_subdir
+    # quick: in-process sharding by default (a Ray start-up would be most of a smoke run)
+    workers = _pick_workers(0 if quick and workers is None else workers)
+    timings: dict[str, float] = {}
+    cached: list[str] = []
+    t_all = time.perf_counter()
+
+    t0 = time.perf_counter()
+    ds, was_cached = _step_generate(p, data_root, workers)
+    timings["generate"] = time.perf_counter() - t0
+    cached += ["generate"] if was_cached else []
+    log.info("demo 1/4: data set in %s (%.1f s%s)", ds.root, timings["generate"], ", cached" if was_cached else "")
+
+    t0 = time.perf_counter()
+    catalog = data_root / "shards"
+    was_cached = _step_shard(p, ds, catalog, workers, progress)
+    timings["shard"] = time.perf_counter() - t0
+    cached += ["shard"] if was_cached else []
+    log.info("demo 2/4: shards in %s (%.1f s%s)", catalog, timings["shard"], ", cached" if was_cached else "")
+
+    t0 = time.perf_counter()
+    # full shares the default profile's source model (same data, same recipe)
+    source_dir = (base_out if p.name == "full" else out_dir) / "source"
+    checkpoint, clean, was_cached = _step_train(p, catalog, source_dir, progress)
+    timings["train"] = time.perf_counter() - t0
+    cached += ["train"] if was_cached else []
+    log.info(
+        "demo 3/4: source model %s, clean accuracy %s (%.1f s%s)",
+        checkpoint,
+        {k: round(v, 1) for k, v in clean.items()},
+        timings["train"],
+        ", cached" if was_cached else "",
+    )
+
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    clean_rows: list[dict[str, Any]] = []
+    all_cached = True
+    for protocol in ("clean", "video", "audio", "av"):
+        names = getattr(p, protocol) if protocol != "clean" else ()
+        if protocol != "clean" and not names:
+            continue
+        got, was_cached = _step_adapt(p, catalog, checkpoint, out_dir, protocol, names, progress)
+        all_cached &= was_cached
+        if protocol == "clean":
+            clean_rows = got
+        else:
+            rows += [_label(r) for r in got]
+    timings["adapt"] = time.perf_counter() - t0
+    cached += ["adapt"] if all_cached else []
+    log.info(
+        "demo 4/4: %d adaptation runs (%.1f s%s)",
+        len(rows) + len(clean_rows),
+        timings["adapt"],
+        ", cached" if all_cached else "",
+    )
+
+    write_report(rows, out_dir, quiet=True)
+    seeds = f"{len(p.seeds)} seed{'s' if len(p.seeds) > 1 else ''}"
+    table = (
+        f"Accuracy (%) on corrupted test data (severity {p.severity}; v: video, a: audio, av: audio-visual "
+        f"corruption; mean over {seeds}; last column: mean over corruptions)\n\n"
+        + markdown_table(rows)
+        + "\n\nAccuracy (%) on clean test data\n\n"
+        + markdown_table(clean_rows)
+        + "\n\nSource model on clean test data: "
+        + ", ".join(f"{_CLEAN_NAMES.get(k, k)} {v:.1f} %" for k, v in clean.items())
+    )
+    (out_dir / "table.md").write_text(table + "\n")
+    timings["total"] = time.perf_counter() - t_all
+    summary = {
+        "profile": asdict(p),
+        "data": str(ds.root),
+        "catalog": str(catalog),
+        "checkpoint": str(checkpoint),
+        "clean_accuracy_source": clean,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "cached_steps": cached,
+    }
+    _write_json(summary, out_dir / "demo.json")
+    return DemoResult(out_dir, table, rows + clean_rows, clean, timings, cached)
