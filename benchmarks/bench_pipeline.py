@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -134,6 +135,11 @@ def main() -> None:
 
     import ray
 
+    subset = root / f"subset-{args.clips}"  # the first --clips clips
+    if not subset.exists():
+        (subset / "c").mkdir(parents=True)
+        for p in sorted(videos.rglob("*.mp4"))[: args.clips]:
+            os.symlink(p, subset / "c" / p.name)
     for label, workers in (("in-process (no Ray)", 0), ("Ray, 1 worker", 1), ("Ray, 2 workers", 2)):
         out = root / f"shards-{workers}"
         shutil.rmtree(out, ignore_errors=True)
