@@ -177,6 +177,44 @@ def read_label_csv(path: str | Path) -> list[tuple[str, str]]:
     return [(r[1], r[2]) for r in rows]
 
 
+class UnknownLabel(ValueError):
+    """A sample's label is empty or not in the label CSV."""
+
+
+@dataclass(frozen=True)
+class LabelIndex:
+    """Class table of a data set: ``mid`` (the string in lists and JSON files) or display name -> class index."""
+
+    classes: tuple[tuple[str, str], ...]  # (mid, display_name) in index order
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> LabelIndex:
+        return cls(tuple(read_label_csv(path)))
+
+    @staticmethod
+    def split(text: str) -> tuple[str, ...]:
+        """``"a, b"`` -> ``("a", "b")`` (multi-label entries are comma-separated)."""
+        return tuple(t.strip() for t in str(text).split(",") if t.strip())
+
+    def resolve_names(self, names: Sequence[str]) -> tuple[int, ...]:
+        """Label names (mids, or display names) -> sorted class indices; UnknownLabel names what is wrong."""
+        if not names:
+            raise UnknownLabel("no label (empty label string)")
+        mids = {mid: i for i, (mid, _) in enumerate(self.classes)}
+        display = {d: i for i, (_, d) in enumerate(self.classes)}
+        ids, unknown = set(), []
+        for name in names:
+            if name in mids:
+                ids.add(mids[name])
+            elif name in display:
+                ids.add(display[name])
+            else:
+                unknown.append(name)
+        if unknown:
+            raise UnknownLabel(f"unknown label {', '.join(map(repr, unknown))} (not in the label CSV)")
+        return tuple(sorted(ids))
+
+
 def load_classes(root: str | Path, dataset: str) -> list[tuple[str, str]]:
     return read_label_csv(Path(root) / dataset / CLASSES_FILE)
 

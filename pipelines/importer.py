@@ -62,6 +62,8 @@ from avtta.manifests.tables import rows_to_table
 from avtta.shards.schema import SCHEMA_VERSION, Sample, sanitize_key
 from avtta.shards.writer import ShardWriter
 
+from avtta import manifests
+
 from .features import compute_fbank
 
 __all__ = [
@@ -118,36 +120,18 @@ class ImportEntry:
         return Path(self.video_path) / f"frame_{k}" / f"{self.video_id}.jpg"
 
 
-@dataclass(frozen=True)
-class LabelIndex:
-    """Class table of a data set: ``mid`` (the string in the lists) or display name -> class index."""
-
-    classes: tuple[tuple[str, str], ...]  # (mid, display_name) in index order
-
-    @classmethod
-    def from_csv(cls, path: str | Path) -> LabelIndex:
-        return cls(tuple(read_label_csv(path)))
+class LabelIndex(manifests.LabelIndex):
+    """The class table, resolving a list entry's ``labels`` string; bad labels raise ImportFailure (a failure row)."""
 
     def resolve(self, text: str | None) -> tuple[tuple[int, ...], tuple[str, ...]]:
         """Comma-separated labels -> (sorted class indices, names); raises ImportFailure for null/unknown labels."""
         if text is None:
             raise ImportFailure("no label (null in the list)")
-        names = tuple(t.strip() for t in str(text).split(",") if t.strip())
-        if not names:
-            raise ImportFailure("no label (empty label string)")
-        mids = {mid: i for i, (mid, _) in enumerate(self.classes)}
-        display = {d: i for i, (_, d) in enumerate(self.classes)}
-        ids, unknown = set(), []
-        for name in names:
-            if name in mids:
-                ids.add(mids[name])
-            elif name in display:
-                ids.add(display[name])
-            else:
-                unknown.append(name)
-        if unknown:
-            raise ImportFailure(f"unknown label {', '.join(map(repr, unknown))} (not in the label CSV)")
-        return tuple(sorted(ids)), names
+        names = self.split(text)
+        try:
+            return self.resolve_names(names), names
+        except manifests.UnknownLabel as err:
+            raise ImportFailure(str(err)) from None
 
 
 def _rebase(text: str, path_map: Sequence[tuple[str, str]], base: Path) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from avtta.manifests import read_label_csv
+from avtta.manifests import LabelIndex, UnknownLabel, read_label_csv
 from avtta.shards.schema import sanitize_key
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
@@ -34,28 +34,6 @@ class ClipInput:
     def label(self) -> int:
         """Primary label: the lowest index, i.e. the reference's argmax of the multi-hot vector."""
         return min(self.labels) if self.labels else -1
-
-
-def _split_labels(text: str) -> list[str]:
-    return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
-def _resolve_labels(
-    names: list[str], index: dict[str, int], display: dict[str, int]
-) -> tuple[tuple[int, ...], tuple[str, ...], str]:
-    ids, unknown = [], []
-    for name in names:
-        if name in index:
-            ids.append(index[name])
-        elif name in display:
-            ids.append(display[name])
-        else:
-            unknown.append(name)
-    if unknown:
-        return (), tuple(names), f"unknown label {', '.join(map(repr, unknown))} (not in the label CSV)"
-    if not ids:
-        return (), tuple(names), "no label"
-    return tuple(sorted(set(ids))), tuple(names), ""
 
 
 def list_inputs(videos: str | Path, labels: str | Path | None = None) -> tuple[list[ClipInput], list[tuple[str, str]]]:
@@ -106,16 +84,19 @@ def list_inputs(videos: str | Path, labels: str | Path | None = None) -> tuple[l
             p = Path(str(row["path"]))
             p = p if p.is_absolute() else videos.parent / p
             vid = str(row.get("video_id") or "") or p.stem
-            rows.append((p, vid, _split_labels(row.get("label") or "")))
+            rows.append((p, vid, list(LabelIndex.split(row.get("label") or ""))))
     else:
         raise ValueError(f"--videos {videos}: expected a folder or a .csv/.parquet list")
 
-    index = {mid: i for i, (mid, _) in enumerate(classes)}
-    display = {d: i for i, (_, d) in enumerate(classes)}
+    labels = LabelIndex(tuple(classes))
     clips, seen = [], {}
     for path, vid, names in rows:
         key = sanitize_key(vid)
-        ids, label_names, error = _resolve_labels(names, index, display)
+        try:
+            ids, error = labels.resolve_names(names), ""
+        except UnknownLabel as err:
+            ids, error = (), str(err)
+        label_names = tuple(names)
         try:
             source = str(path.resolve().relative_to(root.resolve()))
         except ValueError:

@@ -174,14 +174,13 @@ def _json_safe(obj: Any) -> Any:
 
 def process_chunk(task: ChunkTask) -> ChunkReport:
     """Decode each clip of the chunk once and write its samples into every target set's shard."""
+    # One thread for torch and BLAS: float reductions (fbank, SNRs) then give the same bits in every process,
+    # serial or on Ray workers (which default to OMP_NUM_THREADS=1), so outputs are byte-identical everywhere.
+    import cv2
     import torch
     from avtta.pipelines.decode import DecodeError, decode_clip
     from avtta.pipelines.features import compute_fbank, quantize_pcm16
     from threadpoolctl import threadpool_limits
-
-    # One thread for torch and BLAS: float reductions (fbank, SNRs) then give the same bits in every process,
-    # serial or on Ray workers (which default to OMP_NUM_THREADS=1), so outputs are byte-identical everywhere.
-    import cv2
 
     threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)

@@ -305,3 +305,40 @@ def test_cli_errors_name_the_value(tmp_path, small_videos):
     assert res.returncode == 2 and "nosuch" in res.stderr
     res = _cli("catalog", str(tmp_path / "missing"))
     assert res.returncode == 2 and "missing" in res.stderr
+
+
+def test_csv_list_with_label_csv_multilabel_unknown_and_duplicate(tmp_path, small_videos):
+    import shutil
+
+    vids = sorted(small_videos.rglob("*.mp4"))
+    (tmp_path / "v").mkdir()
+    for p in vids[:4]:
+        shutil.copy(p, tmp_path / "v" / p.name)
+    (tmp_path / "labels.csv").write_text('index,mid,display_name\n0,/m/a,"Cat"\n1,/m/b,"Dog"\n2,/m/c,"Bird"\n')
+    (tmp_path / "list.csv").write_text(
+        "path,label,video_id\n"
+        'v/vid00.mp4,"/m/b,/m/a",clip.one\n'  # multi-label; a dotted video id becomes a valid key
+        "v/vid01.mp4,Bird,two\n"  # a display name works too
+        "v/vid02.mp4,/m/zzz,three\n"  # unknown label
+        "v/vid03.mp4,/m/a,two\n"  # duplicate id
+    )
+    summary = run_shard_job(
+        ShardJobConfig(
+            videos=str(tmp_path / "list.csv"),
+            labels=str(tmp_path / "labels.csv"),
+            out=str(tmp_path / "out"),
+            dataset="l",
+            workers=0,
+            frames=2,
+            progress=False,
+        )
+    )
+    cat = Catalog(tmp_path / "out")
+    info = cat.get("l", "test")
+    rows = {r["key"]: r for r in cat.samples(info).to_pylist()}
+    assert set(rows) == {"clip_one", "two"} and summary.failed == 2
+    assert rows["clip_one"]["labels"] == [0, 1] and rows["clip_one"]["label"] == 0  # argmax of the multi-hot vector
+    assert rows["two"]["label"] == 2
+    reasons = sorted(r["reason"] for r in cat.failures(info).to_pylist())
+    assert "unknown label '/m/zzz'" in reasons[1] and "duplicate video id 'two'" in reasons[0]
+    assert cat.classes("l") == [("/m/a", "Cat"), ("/m/b", "Dog"), ("/m/c", "Bird")]
