@@ -19,26 +19,6 @@ from avtta.pipelines.features import (
 from torchaudio.compliance import kaldi
 
 
-def reference_fbank(wav_path) -> torch.Tensor:
-    """The CAV-MAE loader's steps 1-4 (spec/preprocessing.md 2.1), written out independently."""
-    # torchaudio.load (which needs torchcodec in torchaudio 2.9+) returns PCM16 / 32768 as float32, like soundfile.
-    samples, sr = sf.read(wav_path, dtype="float32", always_2d=True)
-    waveform = torch.from_numpy(samples.T.copy())
-    waveform = waveform - waveform.mean()
-    fbank = kaldi.fbank(
-        waveform,
-        htk_compat=True,
-        sample_frequency=sr,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=128,
-        dither=0.0,
-        frame_shift=10,
-    )
-    p = 1024 - fbank.shape[0]
-    return torch.nn.ZeroPad2d((0, 0, 0, p))(fbank) if p > 0 else fbank[:1024]
-
-
 def _wav(tmp_path, samples: np.ndarray, rate: int = 16000):
     path = tmp_path / "x.wav"
     sf.write(path, samples, rate, subtype="PCM_16")
@@ -50,7 +30,7 @@ def test_constants():
     assert max_samples_for_frames(1024, 16000) == (1024 - 1) * 160 + 400
 
 
-def test_fbank_equals_reference_on_real_wav(fixtures_dir):
+def test_fbank_equals_reference_on_real_wav(fixtures_dir, reference_fbank):
     wav_path = fixtures_dir / "audioset_clip" / "BkjpjAohg-0.wav"
     samples, sr = sf.read(wav_path, dtype="float32")
     ours = compute_fbank(samples, sample_rate=sr)
@@ -63,7 +43,7 @@ def test_fbank_equals_reference_on_real_wav(fixtures_dir):
     assert np.allclose(norm[1000], 5.081 / 4.4849)
 
 
-def test_fbank_equals_reference_on_synthetic_wavs(tmp_path):
+def test_fbank_equals_reference_on_synthetic_wavs(tmp_path, reference_fbank):
     rng = np.random.default_rng(0)
     for n in (400, 401, 16000, 200_000):  # one frame, two frames, 1 s, longer than 1024 frames (cut)
         samples = quantize_pcm16(0.3 * rng.standard_normal(n).astype(np.float32) + 0.05)  # with a DC offset

@@ -26,30 +26,11 @@ from avtta.pipelines.importer import (
 )
 from avtta.pipelines.synth import write_json_list, write_label_csv, write_reference_clip, write_wav
 from PIL import Image
-from torchaudio.compliance import kaldi
 from webdataset.tariterators import tarfile_samples
 
 CLIP_ID = "BkjpjAohg-0"
 AUDIOSET_LABELS = "/m/04rlf,/m/07pjwq1,/m/07s72n,/m/08cyft"
 FOREIGN_ROOT = "/home/someone/Projects/AV-C-Robustness-Benchmark/assets"  # as in AVRobustBench's eval.json
-
-
-def kaldi_reference(wav_path: Path) -> np.ndarray:
-    """torchaudio kaldi fbank with the reference arguments, padded to 1024 (spec 2.1 steps 1-4)."""
-    samples, sr = sf.read(wav_path, dtype="float32", always_2d=True)
-    wave = torch.from_numpy(samples.T.copy())
-    wave = wave - wave.mean()
-    fb = kaldi.fbank(
-        wave,
-        htk_compat=True,
-        sample_frequency=sr,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=128,
-        dither=0.0,
-        frame_shift=10,
-    )
-    return torch.nn.functional.pad(fb, (0, 0, 0, 1024 - fb.shape[0])).numpy()
 
 
 def reference_image(path: Path) -> torch.Tensor:
@@ -105,7 +86,7 @@ def real_tree(fixtures_dir, tmp_path):
     return clip, labels, lst
 
 
-def test_import_sample_real_clip_equals_reference(real_tree):
+def test_import_sample_real_clip_equals_reference(real_tree, reference_fbank):
     clip, labels, lst = real_tree
     entries = read_json_list(
         lst,
@@ -117,7 +98,7 @@ def test_import_sample_real_clip_equals_reference(real_tree):
     assert len(entries) == 1 and entries[0].wav == str(clip / f"{CLIP_ID}.wav")
     out = import_sample(entries[0], LabelIndex.from_csv(labels))
     sample = out.sample
-    np.testing.assert_array_equal(sample.fbank, kaldi_reference(clip / f"{CLIP_ID}.wav"))  # exactly
+    np.testing.assert_array_equal(sample.fbank, reference_fbank(clip / f"{CLIP_ID}.wav").numpy())  # exactly
     assert len(sample.frames) == 10
     for k in range(10):  # the original JPEG bytes, untouched
         assert sample.frames[k] == (clip / "eval_frames" / f"frame_{k}" / f"{CLIP_ID}.jpg").read_bytes()
@@ -126,7 +107,7 @@ def test_import_sample_real_clip_equals_reference(real_tree):
     assert out.row["label"] == 0 and out.row["corruption"] == "clean"
 
 
-def test_run_import_real_clip_reads_back_as_reference(real_tree, tmp_path):
+def test_run_import_real_clip_reads_back_as_reference(real_tree, tmp_path, reference_fbank):
     from avtta.shards import open_dataset
 
     clip, labels, lst = real_tree
@@ -146,7 +127,7 @@ def test_run_import_real_clip_reads_back_as_reference(real_tree, tmp_path):
     batch = next(
         iter(open_dataset(tmp_path / "out", "audioset", "test", "clean", batch_size=1, shuffle=False, num_workers=0))
     )
-    ref = kaldi_reference(clip / f"{CLIP_ID}.wav")
+    ref = reference_fbank(clip / f"{CLIP_ID}.wav").numpy()
     stored = read_shard_set(tmp_path / "out", info.path)[CLIP_ID]
     fbank = np.load(io.BytesIO(stored["fbank.npy"]))
     # shards keep fbank in float16 (schema): exact at that precision
@@ -468,14 +449,14 @@ def test_ray_import_gives_same_bytes(kinetics_tree, imported, tmp_path, ray_loca
     assert digest(tmp_path / "ray") == digest(out)
 
 
-def test_wav_formats_follow_the_loader(kinetics_tree, tmp_path):
+def test_wav_formats_follow_the_loader(kinetics_tree, tmp_path, reference_fbank):
     """A 44.1 kHz wav (as pydub-written corrupted audio can be, item 30) gives the loader's fbank at that rate."""
     labels = LabelIndex.from_csv(kinetics_tree / "class_labels_indices_ks50.csv")
     rng = np.random.default_rng(4)
     wav = write_wav(tmp_path / "a.wav", (0.1 * rng.standard_normal(44100)).astype(np.float32), rate=44100)
     entry = ImportEntry("vid00", str(wav), str(kinetics_tree / "frames"), CLASSES[0], "x#0")
     sample = import_sample(entry, labels, frame_ids=(5,)).sample
-    np.testing.assert_array_equal(sample.fbank, kaldi_reference(wav))
+    np.testing.assert_array_equal(sample.fbank, reference_fbank(wav).numpy())
     assert sample.metadata["sample_rate"] == 44100 and sample.metadata["import"]["wav_sample_rate"] == 44100
     # stereo: channel 0 feeds the fbank, as kaldi.fbank(channel=-1) does
     stereo = np.stack([0.1 * rng.standard_normal(16000), 0.3 * rng.standard_normal(16000)]).astype(np.float32)
