@@ -288,14 +288,15 @@ class AdaptationWorker:
             info = self.catalog.get(self.cfg.dataset, self.cfg.source_split)
             cache = Path(self.cfg.catalog) / "_cache"
             frame = str(self.cfg.frame)
-            meta = {"checkpoint": self._ckpt, "source_set": f"{info.path}:{info.job}", "frame": frame}
+            # the clips used are the first n of the reader's seeded order: the access mode is part of the key
+            meta = {"checkpoint": self._ckpt, "source_set": f"{info.path}:{info.job}", "frame": frame, "order": "index"}
             if name == "eata":
                 n = int(overrides.get("fisher_size", 2000))
-                path = cache / f"fisher-{self._ckpt}-{info.job or 'x'}-{n}-f{frame}.safetensors"
+                path = cache / f"fisher-{self._ckpt}-{info.job or 'x'}-{n}-f{frame}-ix.safetensors"
                 kwargs["fisher"] = fisher_cached(model, self._source(n), path, num_clips=n, metadata=meta)
             else:
                 n = int(overrides.get("num_samples_source", 32))
-                path = cache / f"brimpr-stats-{self._ckpt}-{info.job or 'x'}-{n}-f{frame}.safetensors"
+                path = cache / f"brimpr-stats-{self._ckpt}-{info.job or 'x'}-{n}-f{frame}-ix.safetensors"
                 kwargs["source_stats"] = source_stats_cached(model, self._source(n), path, num_samples=n, metadata=meta)
         method = create_method(name, model, **kwargs, **overrides)
         self._methods[name] = method

@@ -10,6 +10,7 @@ Layout under an output root ``OUT``::
         samples.parquet                         one row per sample
         shards.parquet                          file, samples, bytes, sha256
         failures.parquet                        path, video_id, reason
+        members.parquet                         byte range of every tar member (shard, key, field, offset, size)
         set.json                                the set's description; written last: its presence = complete
 
 All files are written to a temporary name and renamed into place, so a half-written manifest is never visible.
@@ -34,6 +35,7 @@ SET_FILE = "set.json"
 SAMPLES_FILE = "samples.parquet"
 SHARDS_FILE = "shards.parquet"
 FAILURES_FILE = "failures.parquet"
+MEMBERS_FILE = "members.parquet"
 CLASSES_FILE = "classes.csv"
 
 SAMPLES_SCHEMA = pa.schema(
@@ -56,6 +58,10 @@ SHARDS_SCHEMA = pa.schema(
     [("file", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()), ("sha256", pa.string())]
 )
 FAILURES_SCHEMA = pa.schema([("path", pa.string()), ("video_id", pa.string()), ("reason", pa.string())])
+# The reader's random-access index: member <key>.<field> of <shard> has <size> data bytes at byte <offset>.
+MEMBERS_SCHEMA = pa.schema(
+    [("shard", pa.string()), ("key", pa.string()), ("field", pa.string()), ("offset", pa.int64()), ("size", pa.int64())]
+)
 
 
 @dataclass
@@ -132,6 +138,48 @@ def write_json(obj: Any, path: str | Path) -> None:
 
 def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+def part_members(shard_file: str, writer_members: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """A closed shard's member index as stored in a chunk's part file: ``[key, field, offset, size]`` rows."""
+    return [[m[0], m[1], int(m[2]), int(m[3])] for m in writer_members]
+
+
+def write_set_tables(set_dir: str | Path, parts: Iterable[dict[str, Any]]) -> tuple[list, list, list]:
+    """Write a set's samples / shards / failures / members tables from its chunk parts (in chunk order).
+
+    A part records ``shard`` (or None when no clip of the chunk succeeded), ``samples``, ``failures`` and
+    ``members``; parts written before the member index existed are indexed by scanning their shard.
+    Returns the (samples, shards, failures) rows.
+    """
+    from avtta.shards.index import scan_members
+
+    set_dir = Path(set_dir)
+    samples: list[dict] = []
+    shards: list[dict] = []
+    failures: list[dict] = []
+    members: dict[str, list] = {"shard": [], "key": [], "field": [], "offset": [], "size": []}
+    for part in parts:
+        samples += part["samples"]
+        failures += part["failures"]
+        shard = part["shard"]
+        if not shard:
+            continue
+        shards.append(shard)
+        rows = part.get("members")
+        if rows is None:
+            rows = scan_members(set_dir / shard["file"])
+        for key, fld, offset, size in rows:
+            members["shard"].append(shard["file"])
+            members["key"].append(key)
+            members["field"].append(fld)
+            members["offset"].append(offset)
+            members["size"].append(size)
+    write_table(rows_to_table(samples, SAMPLES_SCHEMA), set_dir / SAMPLES_FILE)
+    write_table(rows_to_table(shards, SHARDS_SCHEMA), set_dir / SHARDS_FILE)
+    write_table(rows_to_table(failures, FAILURES_SCHEMA), set_dir / FAILURES_FILE)
+    write_table(pa.Table.from_pydict(members, schema=MEMBERS_SCHEMA), set_dir / MEMBERS_FILE)
+    return samples, shards, failures
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -319,6 +367,23 @@ class Catalog:
 
     def failures(self, info: ShardSetInfo) -> pa.Table:
         return pq.read_table(self.root / info.path / FAILURES_FILE)
+
+    def members(self, info: ShardSetInfo) -> pa.Table:
+        """The set's member index (``members.parquet``); sets written before it existed are scanned instead."""
+        path = self.root / info.path / MEMBERS_FILE
+        if path.exists():
+            return pq.read_table(path)
+        from avtta.shards.index import scan_members
+
+        cols: dict[str, list] = {"shard": [], "key": [], "field": [], "offset": [], "size": []}
+        for shard in self.shard_paths(info):
+            for m in scan_members(shard):
+                cols["shard"].append(shard.name)
+                cols["key"].append(m.key)
+                cols["field"].append(m.field)
+                cols["offset"].append(m.offset)
+                cols["size"].append(m.size)
+        return pa.Table.from_pydict(cols, schema=MEMBERS_SCHEMA)
 
     def classes(self, dataset: str) -> list[tuple[str, str]]:
         return load_classes(self.root, dataset)

@@ -47,18 +47,15 @@ from typing import Any
 
 import numpy as np
 from avtta.manifests import (
-    FAILURES_SCHEMA,
-    SAMPLES_SCHEMA,
     SET_FILE,
-    SHARDS_SCHEMA,
     ShardSetInfo,
+    part_members,
     read_label_csv,
     set_relpath,
     write_catalog,
     write_json,
-    write_table,
+    write_set_tables,
 )
-from avtta.manifests.tables import rows_to_table
 from avtta.shards.schema import SCHEMA_VERSION, Sample, sanitize_key
 from avtta.shards.writer import ShardWriter
 
@@ -619,13 +616,14 @@ def process_import_task(task: ImportTask) -> ImportReport:
                 continue
             rows.append({**imported.row, "shard": _shard_name(task.index)})
             report.ok += 1
-        shard = None
+        shard, members = None, []
         if writer is not None:
             size, digest = writer.close()
-            writer = None
             shard = {"file": _shard_name(task.index), "samples": len(rows), "bytes": size, "sha256": digest}
+            members = part_members(shard["file"], writer.members)
+            writer = None
         write_json(
-            {"fingerprint": task.fingerprint, "shard": shard, "samples": rows, "failures": fails},
+            {"fingerprint": task.fingerprint, "shard": shard, "samples": rows, "failures": fails, "members": members},
             _part_path(task.out, task.relpath, task.index),
         )
     finally:
@@ -801,17 +799,9 @@ def run_import(cfg: ImportConfig) -> ImportSummary:
     ok = failed = 0
     for s in sets:
         rel = set_relpath(cfg.dataset, *s.relpath_parts)
-        samples, shards, failures = [], [], []
-        for t in (t for t in tasks if t.relpath == rel):
-            part = json.loads(_part_path(out, rel, t.index).read_text())
-            samples += part["samples"]
-            failures += part["failures"]
-            if part["shard"]:
-                shards.append(part["shard"])
         set_dir = out / rel
-        write_table(rows_to_table(samples, SAMPLES_SCHEMA), set_dir / "samples.parquet")
-        write_table(rows_to_table(shards, SHARDS_SCHEMA), set_dir / "shards.parquet")
-        write_table(rows_to_table(failures, FAILURES_SCHEMA), set_dir / "failures.parquet")
+        parts = (json.loads(_part_path(out, rel, t.index).read_text()) for t in tasks if t.relpath == rel)
+        samples, shards, failures = write_set_tables(set_dir, parts)
         missing_files = sum(r["reason"].startswith(("missing wav", "missing frame")) for r in failures)
         if missing_files and missing_files >= len(s.entries) // 2 and not cfg.path_map:
             log.warning(

@@ -26,18 +26,16 @@ from typing import Any
 import numpy as np
 from avtta.corruptions import CorruptionOptions, CorruptionSpec, apply_corruption, parse_specs
 from avtta.manifests import (
-    FAILURES_SCHEMA,
-    SAMPLES_SCHEMA,
     SET_FILE,
-    SHARDS_SCHEMA,
     ShardSetInfo,
+    part_members,
     set_relpath,
     write_catalog,
     write_classes,
     write_json,
-    write_table,
+    write_set_tables,
 )
-from avtta.manifests.tables import CLASSES_FILE, read_label_csv, rows_to_table
+from avtta.manifests.tables import CLASSES_FILE, read_label_csv
 from avtta.shards.schema import (
     JPEG_QUALITY_CLEAN,
     JPEG_QUALITY_CORRUPTED,
@@ -306,21 +304,24 @@ def _process_chunk(task: ChunkTask, decode_clip, DecodeError, compute_fbank, qua
             report.failed += int(not clip_ok)
         # Close shards (atomic rename), then record the chunk's part files: a part exists only if its shard does.
         for t in pending:
-            shard = None
+            shard, members = None, []
             if t.relpath in writers:
-                size, digest = writers.pop(t.relpath).close()
+                writer = writers.pop(t.relpath)
+                size, digest = writer.close()
                 shard = {
                     "file": shard_name(task.index),
                     "samples": len(rows[t.relpath]),
                     "bytes": size,
                     "sha256": digest,
                 }
+                members = part_members(shard["file"], writer.members)
                 report.bytes += size
             part = {
                 "fingerprint": t.fingerprint,
                 "shard": shard,
                 "samples": rows[t.relpath],
                 "failures": fails[t.relpath],
+                "members": members,
             }
             write_json(part, part_path(task.out, t, task.index))
     finally:
@@ -390,17 +391,9 @@ def assemble(
     """Write each set's manifests and set.json from its chunk parts (all chunks must be done)."""
     infos = []
     for t in targets:
-        samples, shards, failures = [], [], []
-        for task in tasks:
-            part = json.loads(part_path(cfg.out, t, task.index).read_text())
-            samples += part["samples"]
-            failures += part["failures"]
-            if part["shard"]:
-                shards.append(part["shard"])
         set_dir = Path(cfg.out) / t.relpath
-        write_table(rows_to_table(samples, SAMPLES_SCHEMA), set_dir / "samples.parquet")
-        write_table(rows_to_table(shards, SHARDS_SCHEMA), set_dir / "shards.parquet")
-        write_table(rows_to_table(failures, FAILURES_SCHEMA), set_dir / "failures.parquet")
+        parts = (json.loads(part_path(cfg.out, t, task.index).read_text()) for task in tasks)
+        samples, shards, failures = write_set_tables(set_dir, parts)
         info = ShardSetInfo(
             dataset=cfg.dataset,
             split=cfg.split,

@@ -1,4 +1,7 @@
-"""The avtta shard format: schema (declared once), deterministic atomic writer, streaming reader.
+"""The avtta shard format: schema (declared once), deterministic atomic writer, member index, readers.
+
+Two readers give the same samples with identical tensors: :mod:`.indexed` (the default: random access at the byte
+ranges of the member index) and :mod:`.reader` (webdataset's sequential tar iterators).
 
 ``open_dataset`` resolves a catalog selection through :mod:`avtta.manifests` (imported lazily: the shard modules
 themselves depend on nothing else of avtta).
@@ -10,8 +13,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .indexed import IndexedLoader, IndexedShards, SampleRefs
 from .reader import FBANK_MEAN, FBANK_STD, BatchLoader, ReaderConfig, ShardStream
-from .schema import SCHEMA_VERSION, Sample, SchemaError, decode_sample, encode_sample, validate_key
+from .schema import FBANK_FIELD, SCHEMA_VERSION, Sample, SchemaError, decode_sample, encode_sample, validate_key
 from .writer import ShardWriter
 
 __all__ = [
@@ -19,8 +23,11 @@ __all__ = [
     "FBANK_STD",
     "SCHEMA_VERSION",
     "BatchLoader",
+    "IndexedLoader",
+    "IndexedShards",
     "ReaderConfig",
     "Sample",
+    "SampleRefs",
     "SchemaError",
     "ShardStream",
     "ShardWriter",
@@ -70,8 +77,9 @@ def open_dataset(
     drop_last: bool = False,
     with_metadata: bool = False,
     pin_memory: bool | None = None,
-) -> BatchLoader:
-    """Stream model-ready batches of a shard set selected from a catalog.
+    access: str = "index",
+) -> BatchLoader | IndexedLoader:
+    """Model-ready batches of a shard set selected from a catalog.
 
     Args:
         catalog: the output root of ``avtta shard`` / ``avtta import`` (or its ``catalog.parquet``, or a Catalog).
@@ -81,12 +89,18 @@ def open_dataset(
         batch_size, seed, shuffle, num_workers, drop_last: loading; batches are exactly ``batch_size`` except the last.
         frame: ``"eval"`` (frame 5, as READ/BriMPR), ``"random"`` (training) or an index.
         freqm, timem: SpecAugment mask widths (training).
+        access: ``"index"`` (default): random access through the set's member index, a full seeded permutation
+            per epoch, finished batches built in the DataLoader workers. ``"stream"``: webdataset's sequential tar
+            iterators with a seeded buffer shuffle (``shuffle_buffer``), for storage where only sequential reads
+            are cheap. Both give the same samples with identical tensors, in different orders.
 
     Returns:
         A :class:`BatchLoader` yielding ``{"audio": [B,1024,128], "video": [B,3,224,224], "label": [B], "key": [...]}``.
     """
     from avtta.manifests import Catalog
 
+    if access not in ("index", "stream"):
+        raise ValueError(f"access must be 'index' or 'stream', got {access!r}")
     cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
     cfg = ReaderConfig(
         frame=frame,
@@ -124,10 +138,47 @@ def open_dataset(
                 ainfo.path,
                 dropped,
             )
+        if access == "index":
+            refs = SampleRefs.build(
+                _sample_rows(cat, vinfo), _member_rows(cat, vinfo), _member_rows(cat, ainfo, FBANK_FIELD)
+            )
+            return _indexed(refs, cfg, batch_size, num_workers, drop_last, pin_memory)
         by_name = {p.name: p for p in cat.shard_paths(ainfo)}
         pairs = [(p, by_name[p.name]) for p in cat.shard_paths(vinfo) if p.name in by_name]
         stream = ShardStream([v for v, _ in pairs], cfg, audio_paths=[a for _, a in pairs], num_frames=vinfo.num_frames)
         return BatchLoader(stream, len(common), batch_size, num_workers, drop_last, pin_memory)
     info = cat.get(dataset, split, *parse_selection(corruption, modality, severity if severity is not None else None))
+    if access == "index":
+        refs = SampleRefs.build(_sample_rows(cat, info), _member_rows(cat, info))
+        return _indexed(refs, cfg, batch_size, num_workers, drop_last, pin_memory)
     stream = ShardStream(cat.shard_paths(info), cfg, num_frames=info.num_frames)
     return BatchLoader(stream, info.samples, batch_size, num_workers, drop_last, pin_memory)
+
+
+def _sample_rows(cat: Any, info: Any) -> list[tuple[str, str, int]]:
+    """(shard path, key, label) of a set's samples in manifest (= writing) order."""
+    cols = cat.samples(info).select(["shard", "key", "label"]).to_pydict()
+    folder = cat.root / info.path
+    return [(str(folder / s), k, lab) for s, k, lab in zip(cols["shard"], cols["key"], cols["label"], strict=True)]
+
+
+def _member_rows(cat: Any, info: Any, field: str | None = None) -> list[tuple[str, str, str, int, int]]:
+    """(shard path, key, field, offset, size) of a set's tar members (only ``field`` when given)."""
+    import pyarrow.compute as pc
+
+    table = cat.members(info)
+    if field is not None:
+        table = table.filter(pc.equal(table["field"], field))
+    cols = table.to_pydict()
+    folder = cat.root / info.path
+    paths = {s: str(folder / s) for s in set(cols["shard"])}
+    return list(
+        zip([paths[s] for s in cols["shard"]], cols["key"], cols["field"], cols["offset"], cols["size"], strict=True)
+    )
+
+
+def _indexed(refs: SampleRefs, cfg: ReaderConfig, batch_size: int, workers: int, drop_last: bool, pin: bool | None):
+    import torch
+
+    pin = torch.cuda.is_available() if pin is None else pin
+    return IndexedLoader(IndexedShards(refs, cfg, pin_memory=pin), batch_size, workers, drop_last)

@@ -1,5 +1,9 @@
 """Streaming reader: avtta shards -> model-ready batches (CAV-MAE input transforms), deterministic shuffling.
 
+The input transforms here (``load_image``, ``load_fbank``, ``fill_*``) are shared with the random-access reader
+(:mod:`.indexed`, the default of ``open_dataset``); this sequential path (``access="stream"``) suits storage where
+only sequential reads are cheap.
+
 Tar shards are read with the ``webdataset`` library's tar iterators inside torch ``DataLoader`` workers. Each
 worker decodes only what the model needs (the fbank and one frame), applies the CAV-MAE transforms and yields single
 samples; the main process groups them into batches of exactly ``batch_size`` (one partial batch at the end, as the
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision.io import ImageReadMode, decode_jpeg  # imported before DataLoader workers fork, not in each
 from webdataset.tariterators import tarfile_samples
 
 from .schema import EVAL_FRAME, FBANK_FIELD, FRAME_FIELD, LABEL_FIELD, META_FIELD, decode_npy
@@ -81,21 +86,39 @@ def image_transform(jpeg: bytes, im_res: int) -> torch.Tensor:
     return normalize_images(load_image(jpeg, im_res)[None])[0]
 
 
-def load_image(jpeg: bytes, im_res: int) -> torch.Tensor:
-    """JPEG -> uint8 [3, im_res, im_res]: PIL decode, Resize(im_res, bicubic) + CenterCrop unless already that size."""
-    img = Image.open(io.BytesIO(jpeg))
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    w, h = img.size
-    if (w, h) != (im_res, im_res):
-        if w <= h:
-            nw, nh = im_res, int(im_res * h / w)
-        else:
-            nw, nh = int(im_res * w / h), im_res
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.BICUBIC)
-        left, top = int(round((nw - im_res) / 2.0)), int(round((nh - im_res) / 2.0))
-        img = img.crop((left, top, left + im_res, top + im_res))
+def decode_rgb(jpeg: bytes | bytearray) -> torch.Tensor:
+    """JPEG bytes -> uint8 [3, H, W] RGB.
+
+    ``torchvision.io.decode_jpeg`` gives the same pixels as PIL (both libjpeg-turbo with its default IDCT and fancy
+    upsampling; a test holds them equal on real and generated frames) about 25 % faster and already channel-first.
+    Anything it cannot decode goes through PIL, as the reference does.
+    """
+    data = jpeg if isinstance(jpeg, bytearray) else bytearray(jpeg)  # torch wants writable memory
+    try:
+        return decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        img = Image.open(io.BytesIO(jpeg))
+        return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
+
+
+def load_image(jpeg: bytes | bytearray, im_res: int) -> torch.Tensor:
+    """JPEG -> uint8 [3, im_res, im_res]: decode, then Resize(im_res, bicubic) + CenterCrop unless already that size.
+
+    The resize is PIL's, as in the reference ``transforms.Resize`` on a PIL image.
+    """
+    x = decode_rgb(jpeg)
+    h, w = x.shape[1:]
+    if (w, h) == (im_res, im_res):
+        return x
+    img = Image.fromarray(x.permute(1, 2, 0).numpy())
+    if w <= h:
+        nw, nh = im_res, int(im_res * h / w)
+    else:
+        nw, nh = int(im_res * w / h), im_res
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = int(round((nw - im_res) / 2.0)), int(round((nh - im_res) / 2.0))
+    img = img.crop((left, top, left + im_res, top + im_res))
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # np.array: one writable copy
 
 
@@ -359,18 +382,33 @@ def _shuffle(source: Iterator[Any], bufsize: int, rng: random.Random) -> Iterato
     yield from buf
 
 
+_IMAGE_MEAN_255 = torch.tensor(IMAGE_MEAN).view(3, 1, 1).mul_(255.0)
+_IMAGE_STD_255 = torch.tensor(IMAGE_STD).view(3, 1, 1).mul_(255.0)
+
+
+def fill_fbank(out: torch.Tensor, fbank: torch.Tensor) -> None:
+    """Write one normalised fbank into ``out`` (a float32 [T, 128] row of a batch): copy, then normalise in place.
+
+    Per sample, so the three passes run over data still in the CPU cache.
+    """
+    out.copy_(fbank)
+    out.sub_(FBANK_MEAN).div_(FBANK_STD)
+
+
+def fill_image(out: torch.Tensor, image: torch.Tensor) -> None:
+    """Write one normalised uint8 [3, H, W] frame into ``out`` (float32): ToTensor + Normalize, per sample."""
+    out.copy_(image)
+    out.sub_(_IMAGE_MEAN_255).div_(_IMAGE_STD_255)  # == (x / 255 - mean) / std to within 1 ulp
+
+
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples into one float32 batch, converting and normalising in place (one allocation per tensor)."""
     b = len(samples)
     audio = torch.empty((b, *samples[0]["audio"].shape), dtype=torch.float32)
     video = torch.empty((b, *samples[0]["video"].shape), dtype=torch.float32)
     for i, s in enumerate(samples):
-        audio[i].copy_(s["audio"])
-        video[i].copy_(s["video"])
-    audio.sub_(FBANK_MEAN).div_(FBANK_STD)
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1).mul_(255.0)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1).mul_(255.0)
-    video.sub_(mean).div_(std)  # == (x / 255 - mean) / std
+        fill_fbank(audio[i], s["audio"])
+        fill_image(video[i], s["video"])
     batch = {
         "audio": audio,
         "video": video,

@@ -2,7 +2,8 @@
 
 Tar headers carry fixed owner, mode and mtime, so the same samples always give byte-identical files. A shard is
 written to a temporary name in its directory and renamed into place when complete, so a half-written shard is
-never visible under its final name.
+never visible under its final name. On close the writer lists the byte range of every member (``members``), the
+index the reader uses for random access.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import webdataset as wds
 
+from .index import Member, scan_members
 from .schema import Sample, SchemaError, encode_sample, validate_key
 
 TAR_MTIME = 0  # fixed header fields -> reproducible bytes (an int: a float mtime adds a PAX header per member)
@@ -49,6 +51,7 @@ class ShardWriter:
         )
         self._keys: set[str] = set()
         self.count = 0
+        self.members: list[Member] = []  # filled by close(): every member's byte range in the finished shard
 
     def write(self, sample: Sample | dict[str, Any]) -> None:
         raw = encode_sample(sample) if isinstance(sample, Sample) else sample
@@ -66,6 +69,7 @@ class ShardWriter:
         """Finish the tar, rename it into place; return (bytes, sha256)."""
         self._tar.close()
         self._fh.close()
+        self.members = scan_members(self._tmp)  # read back from the bytes on disk, not from what we meant to write
         atomic_replace(self._tmp, self.path)
         return file_digest(self.path)
 

@@ -1,0 +1,395 @@
+"""Random-access reader: model-ready batches straight from the byte ranges the member index records.
+
+The default way :func:`avtta.shards.open_dataset` reads a local catalog. Each sample costs two ``pread`` calls (its
+fbank and the one frame the model sees), an npy view, one JPEG decode and the normalisation, written directly into
+the batch tensor. It is a map-style dataset: a torch ``DataLoader`` with a batch sampler hands whole batches to its
+workers, so each worker returns a finished batch and the main process only receives it.
+
+Shuffling is a full permutation of the set, seeded by ``(seed, epoch)``; per-sample randomness (the random training
+frame, SpecAugment masks) is seeded by ``(seed, epoch, sample)``. Batches therefore do not depend on the number of
+workers. The samples are exactly those of the streaming reader (:class:`avtta.shards.reader.ShardStream`), with
+identical tensors; only the order differs.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import multiprocessing as mp
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from .index import MemberReader
+from .reader import ReaderConfig, eval_frame_index, fill_fbank, fill_image, load_fbank, load_image
+from .schema import FBANK_FIELD, FRAME_RE, META_FIELD
+
+
+@dataclass
+class SampleRefs:
+    """Where every sample of a selection lies: shard file indices and (offset, size) byte ranges.
+
+    ``frames[i, k]`` is frame ``k`` of sample ``i`` (size -1 where a sample has fewer frames); ``meta`` is the
+    metadata JSON member. Frames and metadata come from the video set, the fbank from the audio set (the same set
+    unless two sets are joined).
+    """
+
+    paths: list[str]
+    keys: list[str]
+    labels: np.ndarray  # int64 [N], from the manifest (the same value as the <key>.cls member)
+    video_shard: np.ndarray  # int32 [N] index into paths
+    frames: np.ndarray  # int64 [N, F, 2]
+    num_frames: np.ndarray  # int32 [N]
+    meta: np.ndarray  # int64 [N, 2]
+    audio_shard: np.ndarray  # int32 [N]
+    fbank: np.ndarray  # int64 [N, 2]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def build(
+        cls,
+        samples: Sequence[tuple[str, str, int]],
+        video_members: Sequence[tuple[str, str, str, int, int]],
+        audio_members: Sequence[tuple[str, str, str, int, int]] | None = None,
+    ) -> SampleRefs:
+        """Join manifests into references.
+
+        Args:
+            samples: ``(shard path, key, label)`` of the video set in reading order (samples without an audio
+                member are left out when ``audio_members`` is given: they failed in the audio set).
+            video_members: ``(shard path, key, field, offset, size)`` of the video set.
+            audio_members: the same for the set the fbank comes from (None: the video set).
+        """
+        by_sample: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+        for shard, key, field, offset, size in video_members:
+            by_sample.setdefault((shard, key), {})[field] = (offset, size)
+        fbank_of: dict[str, tuple[str, int, int]] = {}
+        if audio_members is not None:
+            for shard, key, field, offset, size in audio_members:
+                if field == FBANK_FIELD:
+                    if key in fbank_of:
+                        raise ValueError(f"sample key {key!r} appears twice in {shard} and {fbank_of[key][0]}")
+                    fbank_of[key] = (shard, offset, size)
+        paths: dict[str, int] = {}
+        keys, labels, vshard, ashard, fbank, meta, frame_lists = [], [], [], [], [], [], []
+        for shard, key, label in samples:
+            fields = by_sample.get((shard, key))
+            if fields is None:
+                raise ValueError(f"sample {key!r} of the manifest is not in the member index of {shard}")
+            if audio_members is None:
+                if FBANK_FIELD not in fields:
+                    raise ValueError(f"sample {key!r} in {shard} has no {FBANK_FIELD} member")
+                apath, (aoff, asize) = shard, fields[FBANK_FIELD]
+            else:
+                if key not in fbank_of:
+                    continue
+                apath, aoff, asize = fbank_of[key]
+            frames = sorted((int(m.group(1)), rng) for f, rng in fields.items() if (m := FRAME_RE.match(f)))
+            if not frames or [k for k, _ in frames] != list(range(len(frames))):
+                raise ValueError(f"sample {key!r} in {shard} has frames {[k for k, _ in frames]}, not 0..N-1")
+            keys.append(key)
+            labels.append(int(label))
+            vshard.append(paths.setdefault(shard, len(paths)))
+            ashard.append(paths.setdefault(apath, len(paths)))
+            fbank.append((aoff, asize))
+            meta.append(fields.get(META_FIELD, (0, -1)))
+            frame_lists.append([rng for _, rng in frames])
+        width = max((len(f) for f in frame_lists), default=1)
+        frames_arr = np.full((len(keys), width, 2), -1, dtype=np.int64)
+        for i, f in enumerate(frame_lists):
+            frames_arr[i, : len(f)] = f
+        return cls(
+            paths=list(paths),
+            keys=keys,
+            labels=np.asarray(labels, dtype=np.int64),
+            video_shard=np.asarray(vshard, dtype=np.int32),
+            frames=frames_arr,
+            num_frames=np.asarray([len(f) for f in frame_lists], dtype=np.int32),
+            meta=np.asarray(meta, dtype=np.int64).reshape(-1, 2),
+            audio_shard=np.asarray(ashard, dtype=np.int32),
+            fbank=np.asarray(fbank, dtype=np.int64).reshape(-1, 2),
+        )
+
+
+@lru_cache(maxsize=64)
+def _npy_layout(header: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data offset of an npy file from its first bytes (parsed once per distinct header)."""
+    buf = io.BytesIO(header)
+    version = np.lib.format.read_magic(buf)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+    else:
+        raise ValueError(f"unsupported npy format version {version}")
+    if fortran or dtype.hasobject:
+        raise ValueError(f"unsupported npy layout (fortran={fortran}, dtype={dtype})")
+    return shape, dtype, buf.tell()
+
+
+def npy_view(data: bytes | bytearray | memoryview) -> np.ndarray:
+    """An array over the bytes of an npy file (no copy); the header is parsed once per distinct header."""
+    if bytes(data[:6]) != b"\x93NUMPY":
+        raise ValueError("not an npy file")
+    hlen = int.from_bytes(data[8:10], "little") + 10 if data[6] == 1 else int.from_bytes(data[8:12], "little") + 12
+    shape, dtype, offset = _npy_layout(bytes(data[:hlen]))
+    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+
+
+class IndexedShards(Dataset):
+    """Map-style dataset over :class:`SampleRefs`.
+
+    The work of a batch is split in two. :meth:`__getitems__` decodes the frames (JPEG decoding is the costly,
+    compute-bound part) into a uint8 batch; it runs in the DataLoader workers. :meth:`finish` reads the fbanks
+    (memory copies out of the page cache) and normalises both modalities into the float32 batch; it runs in the
+    process that consumes the batches. Only uint8 frames cross from a worker to the main process (150 KB per
+    sample instead of 1.1 MB of float32 through shared memory, whose page faults cost more than the work itself on
+    small machines).
+    """
+
+    def __init__(self, refs: SampleRefs, cfg: ReaderConfig, pin_memory: bool = False):
+        self.refs = refs
+        self.cfg = cfg
+        self.pin_memory = pin_memory
+        self.epoch = 0
+        self._reader = MemberReader()
+        self._out = OutputBuffers(pin_memory)
+        self._ring: FrameRing | None = None  # set by IndexedLoader for the lifetime of its DataLoader workers
+        if cfg.frame not in ("eval", "random"):
+            k = int(cfg.frame)
+            short = np.flatnonzero(refs.num_frames <= k)
+            if k < 0 or len(short):
+                n = int(refs.num_frames[short[0]]) if len(short) else int(refs.num_frames.min(initial=0))
+                raise ValueError(f"frame index {k} out of range: the shards hold {n} frames")
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def _read(self, shard: int, rng: np.ndarray) -> bytearray:
+        return self._reader.read(self.refs.paths[shard], int(rng[0]), int(rng[1]))
+
+    def _frame(self, i: int) -> int:
+        n = int(self.refs.num_frames[i])
+        if self.cfg.frame == "eval":
+            return eval_frame_index(n)
+        if self.cfg.frame == "random":
+            return random.Random(f"{self.cfg.seed}:{self.epoch}:{i}:frame").randrange(n)
+        return int(self.cfg.frame)
+
+    def _mask_generator(self, i: int) -> torch.Generator | None:
+        if not (self.cfg.freqm or self.cfg.timem):
+            return None
+        return torch.Generator().manual_seed(random.Random(f"{self.cfg.seed}:{self.epoch}:{i}:mask").getrandbits(62))
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        """Decoded frames of ``indices``: uint8 [3, R, R] each; stacked in shared memory inside a DataLoader worker
+        (one transfer), a plain list in this process (no copy)."""
+        refs, res = self.refs, self.cfg.im_res
+        frames = [load_image(self._read(refs.video_shard[i], refs.frames[i, self._frame(i)]), res) for i in indices]
+        info = get_worker_info()
+        if info is None:
+            return {"index": list(indices), "video": frames}
+        if self._ring is not None:
+            slot = self._ring.acquire(info.id)
+            if slot is not None:  # into this worker's free slot of the ring: nothing to allocate or send
+                torch.stack(frames, out=self._ring.slot(info.id, slot)[: len(frames)])
+                return {"index": list(indices), "ring": (info.id, slot)}
+        stacked = _shared_uint8((len(frames), 3, res, res))
+        torch.stack(frames, out=stacked)
+        return {"index": list(indices), "video": stacked}
+
+    def finish(self, part: dict[str, Any]) -> dict[str, Any]:
+        """Decoded frames -> the model-ready batch: fbanks read and normalised, frames normalised, labels, keys."""
+        refs, cfg = self.refs, self.cfg
+        indices = part["index"]
+        b, res = len(indices), cfg.im_res
+        ring = part.get("ring")
+        frames = self._ring.slot(*ring) if ring is not None else part["video"]  # type: ignore[union-attr]
+        audio = self._out.get("audio", (b, cfg.target_length, 128))
+        video = self._out.get("video", (b, 3, res, res))
+        metadata = []
+        for j, i in enumerate(indices):
+            arange = refs.fbank[i]
+            fbank = npy_view(self._reader.read_scratch(refs.paths[refs.audio_shard[i]], int(arange[0]), int(arange[1])))
+            fill_fbank(audio[j], load_fbank(fbank, cfg, self._mask_generator(i)))
+            fill_image(video[j], frames[j])
+            if cfg.with_metadata:
+                if refs.meta[i, 1] < 0:
+                    raise ValueError(f"sample {refs.keys[i]!r} in {refs.paths[refs.video_shard[i]]} has no metadata")
+                metadata.append(json.loads(self._read(refs.video_shard[i], refs.meta[i])))
+        if ring is not None:
+            self._ring.release(*ring)  # type: ignore[union-attr]  # copied out: the worker may reuse the slot
+        batch = {
+            "audio": audio,
+            "video": video,
+            "label": torch.from_numpy(refs.labels[indices]),
+            "key": [refs.keys[i] for i in indices],
+        }
+        if cfg.with_metadata:
+            batch["metadata"] = metadata
+        return batch
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        """The model-ready batch of ``indices``, built in this process."""
+        return self.finish(self.__getitems__(indices))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        out = {name: value[0] for name, value in self.batch([i]).items()}
+        out["label"] = int(out["label"])
+        return out
+
+
+class FrameRing:
+    """Shared-memory slots through which DataLoader workers hand decoded frames to the main process.
+
+    Handing over a fresh shared-memory tensor per batch costs a page fault per 4 KiB on both sides, more than
+    decoding the frames. The ring is allocated once per pass, before the workers start (they inherit it); each
+    worker owns ``slots`` batch-sized slots, takes a free one per batch, and the main process frees it once it has
+    copied the frames out. The flags live in a lock-protected shared array (the lock orders the copy before the
+    release on every CPU). A worker without a free slot falls back to a fresh shared tensor.
+    """
+
+    def __init__(self, workers: int, slots: int, shape: tuple[int, ...]):
+        self.frames = torch.empty((workers, slots, *shape), dtype=torch.uint8).share_memory_()
+        self.busy = mp.Array("b", workers * slots)  # with a lock
+        self.slots = slots
+
+    def acquire(self, worker: int) -> int | None:
+        with self.busy.get_lock():
+            for s in range(self.slots):
+                if not self.busy[worker * self.slots + s]:
+                    self.busy[worker * self.slots + s] = 1
+                    return s
+        return None
+
+    def release(self, worker: int, slot: int) -> None:
+        with self.busy.get_lock():
+            self.busy[worker * self.slots + slot] = 0
+
+    def slot(self, worker: int, slot: int) -> torch.Tensor:
+        return self.frames[worker, slot]
+
+
+class OutputBuffers:
+    """Float32 batch tensors, recycled once nothing references them any more.
+
+    Fresh memory for every batch costs a page fault per 4 KiB on first touch (about 270 per sample, and expensive
+    in a virtual machine): more than the decoding itself. Each batch is handed out as a view of a pooled tensor; a
+    pooled tensor is reused only when no tensor other than the pool's own shares its storage, i.e. when the consumer
+    has dropped every batch, view and slice of it. Pinned memory is not pooled: an asynchronous copy to the GPU may
+    still be reading it after the consumer drops it; torch's pinned-memory allocator already recycles it safely.
+    """
+
+    def __init__(self, pin_memory: bool = False, size: int = 4):
+        self.pin_memory = pin_memory
+        self.size = size
+        self._pool: dict[str, list[torch.Tensor]] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if self.pin_memory:
+            return torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        pool = self._pool.setdefault(name, [])
+        for t in pool:
+            if t.shape[1:] == shape[1:] and t.shape[0] >= shape[0] and _unreferenced(t):
+                return t[: shape[0]]
+        t = torch.empty(shape, dtype=torch.float32)
+        if len(pool) < self.size:
+            pool.append(t)
+            return t[:]
+        return t
+
+    def __getstate__(self) -> dict:
+        return {"pin_memory": self.pin_memory, "size": self.size}  # buffers never travel to a worker
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+
+def _unreferenced(t: torch.Tensor) -> bool:
+    """True when ``t`` is the only tensor on its storage (the count includes the temporary storage object)."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)  # noqa: SLF001
+    return use_count is not None and use_count(t.untyped_storage()._cdata) <= 2  # noqa: SLF001
+
+
+def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor in shared memory.
+
+    Sending a tensor from a worker moves it into shared memory, a copy of the whole batch; torch's own
+    ``default_collate`` avoids that the same way, by stacking into a new shared storage.
+    """
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))  # noqa: SLF001 - as default_collate does
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape)
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+class IndexedLoader:
+    """Iterable of batches over :class:`IndexedShards`; the same interface as the streaming ``BatchLoader``."""
+
+    def __init__(self, dataset: IndexedShards, batch_size: int, num_workers: int = 2, drop_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset = dataset
+        self.num_samples = len(dataset)
+        self.batch_size = batch_size
+        self.num_workers = max(0, num_workers)
+        self.drop_last = drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the shuffling (and per-sample randomness) for another epoch (training)."""
+        self.dataset.epoch = epoch
+
+    def order(self) -> list[int]:
+        """Sample indices in reading order: manifest order, or a permutation seeded by (seed, epoch)."""
+        order = list(range(self.num_samples))
+        cfg = self.dataset.cfg
+        if cfg.shuffle:
+            random.Random(f"{cfg.seed}:{self.dataset.epoch}:order").shuffle(order)
+        return order
+
+    def batches(self) -> list[list[int]]:
+        """Sample indices of every batch, in order (``batch_size`` each; the last may be shorter)."""
+        order = self.order()
+        out = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        if self.drop_last and out and len(out[-1]) < self.batch_size:
+            out.pop()
+        return out
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        batches = self.batches()
+        workers = min(self.num_workers, len(batches))
+        prefetch = 2
+        dataset = self.dataset
+        if workers:  # this pass's own copy of the dataset holds its ring (passes may overlap)
+            dataset = copy.copy(self.dataset)
+            res = dataset.cfg.im_res
+            dataset._ring = FrameRing(workers, prefetch + 2, (self.batch_size, 3, res, res))
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=_identity,
+            prefetch_factor=prefetch if workers else None,
+            persistent_workers=False,
+        )
+        for part in loader:
+            yield dataset.finish(part)
+
+
+__all__ = ["IndexedLoader", "IndexedShards", "SampleRefs", "npy_view"]
