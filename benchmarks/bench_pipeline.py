@@ -149,7 +149,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--size", default="320x240")
     ap.add_argument("--workdir", help="keep data here (default: a temporary folder)")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-sizes", default="16,64", help="reader batch sizes (64: the references' evaluation batch)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     w, h = map(int, args.size.split("x"))
@@ -220,32 +220,31 @@ def main() -> None:
     if not ref_json.exists():
         ref_json = make_reference_layout(unique, root / f"reference-{n}", copies)
     print(
-        f"\nreading {n} samples ({args.reader_clips} clips x {copies}, batch {args.batch_size}, eval frame), "
-        f"best of {args.passes} passes, the sides interleaved:"
+        f"\nreading {n} samples ({args.reader_clips} clips x {copies}, eval frame), best of {args.passes} passes, "
+        "the sides interleaved:"
     )
-    rows = []
-    for workers in (0, 2):
-        loaders = {
-            "ours": lambda w=workers: open_dataset(
-                reader_set, "bench", "test", batch_size=args.batch_size, num_workers=w
-            ),
-            "ours-stream": lambda w=workers: open_dataset(
-                reader_set, "bench", "test", batch_size=args.batch_size, num_workers=w, access="stream"
-            ),
-            "reference": lambda w=workers: DataLoader(
-                ReferenceLoader(str(ref_json)), batch_size=args.batch_size, shuffle=True, num_workers=w
-            ),
-        }
-        best = dict.fromkeys(loaders, 0.0)
-        for _ in range(args.passes):
-            for name, make in loaders.items():
-                best[name] = max(best[name], time_loader(make, n))
-        rows.append((workers, best))
-        print(
-            f"reader, {workers} DataLoader workers: ours {best['ours']:7.0f} samples/s | streaming access "
-            f"{best['ours-stream']:7.0f} | reference {best['reference']:6.0f} | ratio "
-            f"{best['ours'] / best['reference']:5.1f}x (streaming {best['ours-stream'] / best['reference']:4.1f}x)"
-        )
+    for bs in (int(b) for b in args.batch_sizes.split(",")):
+        for workers in (0, 2):
+            loaders = {
+                "ours": lambda w=workers, bs=bs: open_dataset(
+                    reader_set, "bench", "test", batch_size=bs, num_workers=w
+                ),
+                "ours-stream": lambda w=workers, bs=bs: open_dataset(
+                    reader_set, "bench", "test", batch_size=bs, num_workers=w, access="stream"
+                ),
+                "reference": lambda w=workers, bs=bs: DataLoader(
+                    ReferenceLoader(str(ref_json)), batch_size=bs, shuffle=True, num_workers=w
+                ),
+            }
+            best = dict.fromkeys(loaders, 0.0)
+            for _ in range(args.passes):
+                for name, make in loaders.items():
+                    best[name] = max(best[name], time_loader(make, n))
+            print(
+                f"reader, batch {bs:3d}, {workers} DataLoader workers: ours {best['ours']:6.0f} samples/s | "
+                f"streaming access {best['ours-stream']:5.0f} | reference {best['reference']:4.0f} | ratio "
+                f"{best['ours'] / best['reference']:5.1f}x (streaming {best['ours-stream'] / best['reference']:4.1f}x)"
+            )
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def npy_view(data: bytes | bytearray | memoryview) -> np.ndarray:
         raise ValueError("not an npy file")
     hlen = int.from_bytes(data[8:10], "little") + 10 if data[6] == 1 else int.from_bytes(data[8:12], "little") + 12
     shape, dtype, offset = _npy_layout(bytes(data[:hlen]))
-    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+    return np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
 
 
 class IndexedShards(Dataset):
@@ -165,6 +165,9 @@ class IndexedShards(Dataset):
         self._reader = MemberReader()
         self._out = OutputBuffers(pin_memory)
         self._ring: FrameRing | None = None  # set by IndexedLoader for the lifetime of its DataLoader workers
+        # (path, offset, size) of every fbank as Python objects: indexing numpy arrays per sample costs more
+        shard, offset, size = refs.audio_shard.tolist(), refs.fbank[:, 0].tolist(), refs.fbank[:, 1].tolist()
+        self._fbank_at = [(refs.paths[s], o, n) for s, o, n in zip(shard, offset, size, strict=True)]
         if cfg.frame not in ("eval", "random"):
             k = int(cfg.frame)
             short = np.flatnonzero(refs.num_frames <= k)
@@ -191,22 +194,25 @@ class IndexedShards(Dataset):
             return None
         return torch.Generator().manual_seed(random.Random(f"{self.cfg.seed}:{self.epoch}:{i}:mask").getrandbits(62))
 
+    def _image(self, i: int) -> torch.Tensor:
+        refs = self.refs
+        return load_image(self._read(refs.video_shard[i], refs.frames[i, self._frame(i)]), self.cfg.im_res)
+
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
-        """Decoded frames of ``indices``: uint8 [3, R, R] each; stacked in shared memory inside a DataLoader worker
-        (one transfer), a plain list in this process (no copy)."""
-        refs, res = self.refs, self.cfg.im_res
-        frames = [load_image(self._read(refs.video_shard[i], refs.frames[i, self._frame(i)]), res) for i in indices]
+        """In a DataLoader worker: the decoded frames of ``indices``, uint8 [B, 3, R, R] in shared memory (a slot of
+        the ring when one is free). In this process nothing is decoded ahead: :meth:`finish` decodes each frame
+        straight into the batch."""
         info = get_worker_info()
         if info is None:
-            return {"index": list(indices), "video": frames}
-        if self._ring is not None:
-            slot = self._ring.acquire(info.id)
-            if slot is not None:  # into this worker's free slot of the ring: nothing to allocate or send
-                torch.stack(frames, out=self._ring.slot(info.id, slot)[: len(frames)])
-                return {"index": list(indices), "ring": (info.id, slot)}
-        stacked = _shared_uint8((len(frames), 3, res, res))
-        torch.stack(frames, out=stacked)
-        return {"index": list(indices), "video": stacked}
+            return {"index": list(indices)}
+        b, res = len(indices), self.cfg.im_res
+        slot = self._ring.acquire(info.id) if self._ring is not None else None
+        out = self._ring.slot(info.id, slot)[:b] if slot is not None else _shared_uint8((b, 3, res, res))
+        for j, i in enumerate(indices):
+            out[j].copy_(self._image(i))  # one frame at a time: its decode buffer is freed and reused at once
+        if slot is not None:  # nothing to send but indices: the main process reads the slot
+            return {"index": list(indices), "ring": (info.id, slot)}
+        return {"index": list(indices), "video": out}
 
     def finish(self, part: dict[str, Any]) -> dict[str, Any]:
         """Decoded frames -> the model-ready batch: fbanks read and normalised, frames normalised, labels, keys."""
@@ -214,15 +220,14 @@ class IndexedShards(Dataset):
         indices = part["index"]
         b, res = len(indices), cfg.im_res
         ring = part.get("ring")
-        frames = self._ring.slot(*ring) if ring is not None else part["video"]  # type: ignore[union-attr]
+        frames = self._ring.slot(*ring) if ring is not None else part.get("video")  # type: ignore[union-attr]
         audio = self._out.get("audio", (b, cfg.target_length, 128))
         video = self._out.get("video", (b, 3, res, res))
         metadata = []
         for j, i in enumerate(indices):
-            arange = refs.fbank[i]
-            fbank = npy_view(self._reader.read_scratch(refs.paths[refs.audio_shard[i]], int(arange[0]), int(arange[1])))
+            fbank = npy_view(self._reader.read_scratch(*self._fbank_at[i]))
             fill_fbank(audio[j], load_fbank(fbank, cfg, self._mask_generator(i)))
-            fill_image(video[j], frames[j])
+            fill_image(video[j], frames[j] if frames is not None else self._image(i))
             if cfg.with_metadata:
                 if refs.meta[i, 1] < 0:
                     raise ValueError(f"sample {refs.keys[i]!r} in {refs.paths[refs.video_shard[i]]} has no metadata")
@@ -260,7 +265,7 @@ class FrameRing:
     """
 
     def __init__(self, workers: int, slots: int, shape: tuple[int, ...]):
-        self.frames = torch.empty((workers, slots, *shape), dtype=torch.uint8).share_memory_()
+        self.frames = _shared_uint8((workers, slots, *shape))  # pages are touched (faulted) only when a slot is used
         self.busy = mp.Array("b", workers * slots)  # with a lock
         self.slots = slots
 
