@@ -7,10 +7,10 @@ reseed it, stream the condition's shards batch by batch (DataLoader workers pref
 update online, one step per batch. ``continual=True`` never resets: each seed runs every condition in order on one
 continually adapted model.
 
-Jobs run in this process, or, with ``ray_address``, on Ray actors (one GPU each when the cluster has GPUs) that
-each hold a model, fed by the streaming reader; the rows are gathered into one results table. Independent jobs give
-identical numbers wherever they run, because ``reset()`` restores the model and optimiser exactly and every random
-draw comes from generators seeded by (seed, ...).
+Jobs run in this process, or, with ``ray_address``, on Ray actors (one GPU each when the cluster has GPUs) that each
+hold a model, fed by the shard reader (``avtta.shards.open_dataset``); the rows are gathered into one results table.
+Independent jobs give identical numbers wherever they run, because ``reset()`` restores the model and optimiser
+exactly and every random draw comes from generators seeded by (seed, ...).
 
 Accuracy is reported per sample and, for comparison with published tables, as the references compute it: each
 batch's accuracy rounded to 2 decimals, averaged over batches (the last, smaller batch weighs like a full one),

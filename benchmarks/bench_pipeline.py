@@ -1,11 +1,11 @@
-"""Benchmark the shard pipeline and the streaming reader against the reference way, side by side in one run.
+"""Benchmark the shard pipeline and the shard reader against the reference way, side by side in one run.
 
 1. raw mp4 -> shards (decode with PyAV, 10 frames, fbank, JPEG, tar), clips/s with 1 and 2 Ray workers (embedded
    local Ray) and in-process.
-2. Reading for evaluation: our streaming reader (``avtta.shards.open_dataset``) vs the reference layout's loader
-   (JPEG frame folders + 16 kHz wav files listed in a JSON file, decoded per sample as the CAV-MAE / READ / BriMPR
-   ``AudiosetDataset`` does: PIL open + Resize(224, bicubic) + CenterCrop + ToTensor + Normalize, wav load + DC removal
-   + Kaldi fbank + pad + normalise), both through a torch DataLoader with the same workers and batch size.
+2. Reading for evaluation: our reader (``avtta.shards.open_dataset``, both access modes) vs the reference layout's
+   loader (JPEG frame folders + 16 kHz wav files listed in a JSON file, decoded per sample as the CAV-MAE / READ /
+   BriMPR ``AudiosetDataset`` does: PIL open + Resize(224, bicubic) + CenterCrop + ToTensor + Normalize, wav load + DC
+   removal + Kaldi fbank + pad + normalise), both through a torch DataLoader with the same workers and batch size.
 
 Run inside a loopback-only network namespace (Ray): ``unshare -n sh -c 'ip link set lo up && .venv/bin/python
 benchmarks/bench_pipeline.py'`` (``make bench`` does it).

@@ -155,7 +155,6 @@ def test_ray_fan_out_on_two_node_cluster(catalog, checkpoint, tmp_path, ray_clus
 
 def test_reference_batch_averaged_accuracy_and_both_tau(catalog, checkpoint, tmp_path):
     import torch
-
     from avtta.adapt.worker import AdaptationWorker
     from avtta.shards import open_dataset
 

@@ -168,7 +168,7 @@ def toy_catalog(tmp_path_factory, small_videos):
 
 
 def test_cli_trains_tiny_on_real_shards(toy_catalog, tmp_path) -> None:
-    """`avtta train` end to end: streaming reader (1024 x 128 fbank, 224-px frames) -> tiny model -> checkpoint."""
+    """`avtta train` end to end: shard reader (1024 x 128 fbank, 224-px frames) -> tiny model -> checkpoint."""
     from avtta.cli import main
 
     out = tmp_path / "run"

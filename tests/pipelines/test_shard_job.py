@@ -88,7 +88,7 @@ def test_job_in_process(small_videos, tmp_path):
         assert meta["corruption"] == "video:gaussian_noise@5" and meta["severity"] == 5 and meta["seed"] == 7
         assert meta["sample_rate"] == 16000 and abs(meta["duration"] - 1.5) < 0.2
         assert meta["label_names"] == [("dog" if int(key[-2:]) % 2 else "cat")]
-    # streaming reader: model-ready batches of exactly the batch size, then the rest
+    # reader: model-ready batches of exactly the batch size, then the rest
     batches = list(
         open_dataset(tmp_path / "out", "toy", "test", "video:gaussian_noise@5", batch_size=4, seed=1, num_workers=2)
     )
