@@ -253,3 +253,24 @@ def test_frame_ring_and_its_fallback(catalog):
     assert all("ring" in p and "video" not in p for p in parts)
     got = by_key([dataset.finish(p) for p in parts])
     assert all(torch.equal(got[k][1], expected[k][1]) for k in expected)
+
+
+def test_parts_without_member_index_are_scanned(tmp_path):
+    """Chunk parts written before the member index existed (a resumed older job) still give members.parquet."""
+    import pyarrow.parquet as pq
+    from avtta.manifests import write_set_tables
+
+    with ShardWriter(tmp_path / "shard-000000.tar") as w:
+        for i in range(2):
+            w.write(make_sample(f"k{i}", i, frames=2))
+    shard = {"file": "shard-000000.tar", "samples": 2, "bytes": 0, "sha256": ""}
+    rows = [{"key": f"k{i}", "label": i, "shard": "shard-000000.tar"} for i in range(2)]
+    with_index = {"shard": shard, "samples": rows, "failures": [], "members": [list(m) for m in w.members]}
+    old = {"shard": shard, "samples": rows, "failures": [], "members": None}
+    del old["members"]
+    write_set_tables(tmp_path, [with_index])
+    expected = pq.read_table(tmp_path / MEMBERS_FILE).to_pylist()
+    write_set_tables(tmp_path, [old, {"shard": None, "samples": [], "failures": []}])
+    assert pq.read_table(tmp_path / MEMBERS_FILE).to_pylist() == expected
+    assert [(r["key"], r["field"]) for r in expected] == [(f"k{i}", f) for i in range(2) for f in (
+        "cls", "fbank.npy", "frame_0.jpg", "frame_1.jpg", "json")]  # fmt: skip
