@@ -2,8 +2,10 @@
 
 The default way :func:`avtta.shards.open_dataset` reads a local catalog. Each sample costs two ``pread`` calls (its
 fbank and the one frame the model sees), an npy view, one JPEG decode and the normalisation, written directly into
-the batch tensor. It is a map-style dataset: a torch ``DataLoader`` with a batch sampler hands whole batches to its
-workers, so each worker returns a finished batch and the main process only receives it.
+the batch tensor. It is a map-style dataset: a torch ``DataLoader`` with a batch sampler hands whole batches of
+indices to its workers, which decode the frames into a shared-memory ring; the consuming process reads the fbanks
+and normalises (see :class:`IndexedShards`). Batch memory is recycled (:class:`OutputBuffers`, :class:`FrameRing`):
+fresh memory per batch cost more than the work itself.
 
 Shuffling is a full permutation of the set, seeded by ``(seed, epoch)``; per-sample randomness (the random training
 frame, SpecAugment masks) is seeded by ``(seed, epoch, sample)``. Batches therefore do not depend on the number of
@@ -149,12 +151,12 @@ def npy_view(data: bytes | bytearray | memoryview) -> np.ndarray:
 class IndexedShards(Dataset):
     """Map-style dataset over :class:`SampleRefs`.
 
-    The work of a batch is split in two. :meth:`__getitems__` decodes the frames (JPEG decoding is the costly,
-    compute-bound part) into a uint8 batch; it runs in the DataLoader workers. :meth:`finish` reads the fbanks
-    (memory copies out of the page cache) and normalises both modalities into the float32 batch; it runs in the
-    process that consumes the batches. Only uint8 frames cross from a worker to the main process (150 KB per
-    sample instead of 1.1 MB of float32 through shared memory, whose page faults cost more than the work itself on
-    small machines).
+    The work of a batch is split in two. In a DataLoader worker, :meth:`__getitems__` decodes the frames (JPEG
+    decoding is the costly, compute-bound part) into a uint8 slot of the :class:`FrameRing`. :meth:`finish` reads the
+    fbanks (memory copies out of the page cache) and normalises both modalities into the float32 batch; it runs in
+    the process that consumes the batches. Only uint8 frames cross from a worker to the main process (150 KB per
+    sample instead of 1.1 MB of float32, through shared memory whose page faults cost more than the work itself on
+    small machines). Without workers, :meth:`finish` does everything, one sample at a time.
     """
 
     def __init__(self, refs: SampleRefs, cfg: ReaderConfig, pin_memory: bool = False):
