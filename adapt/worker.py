@@ -107,6 +107,7 @@ class AdaptConfig:
     out: str = "runs/adapt"
     model: str | None = None  # model name when the checkpoint does not say (released .pth)
     num_workers: int = 2
+    access: str = "index"  # shard reading: "index" (random access, default) or "stream" (sequential webdataset)
     frame: str | int = "eval"  # which stored frame is the model input: "eval" = frame 5 (READ/BriMPR), or an index
     precision: str = "fp32"
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
@@ -119,6 +120,8 @@ class AdaptConfig:
             raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.access not in ("index", "stream"):
+            raise ValueError(f"--access must be 'index' or 'stream', got {self.access!r}")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed")
         if not Path(self.checkpoint).exists():
@@ -258,6 +261,7 @@ class AdaptationWorker:
             seed=seed,
             shuffle=True,
             num_workers=self.cfg.num_workers,
+            access=self.cfg.access,
             frame=self.cfg.frame,
         )
         seen = 0
@@ -289,14 +293,15 @@ class AdaptationWorker:
             cache = Path(self.cfg.catalog) / "_cache"
             frame = str(self.cfg.frame)
             # the clips used are the first n of the reader's seeded order: the access mode is part of the key
-            meta = {"checkpoint": self._ckpt, "source_set": f"{info.path}:{info.job}", "frame": frame, "order": "index"}
+            order = {"index": "ix", "stream": "st"}[self.cfg.access]
+            meta = {"checkpoint": self._ckpt, "source_set": f"{info.path}:{info.job}", "frame": frame, "order": order}
             if name == "eata":
                 n = int(overrides.get("fisher_size", 2000))
-                path = cache / f"fisher-{self._ckpt}-{info.job or 'x'}-{n}-f{frame}-ix.safetensors"
+                path = cache / f"fisher-{self._ckpt}-{info.job or 'x'}-{n}-f{frame}-{order}.safetensors"
                 kwargs["fisher"] = fisher_cached(model, self._source(n), path, num_clips=n, metadata=meta)
             else:
                 n = int(overrides.get("num_samples_source", 32))
-                path = cache / f"brimpr-stats-{self._ckpt}-{info.job or 'x'}-{n}-f{frame}-ix.safetensors"
+                path = cache / f"brimpr-stats-{self._ckpt}-{info.job or 'x'}-{n}-f{frame}-{order}.safetensors"
                 kwargs["source_stats"] = source_stats_cached(model, self._source(n), path, num_samples=n, metadata=meta)
         method = create_method(name, model, **kwargs, **overrides)
         self._methods[name] = method
@@ -319,6 +324,7 @@ class AdaptationWorker:
                 seed=job.seed,
                 shuffle=True,
                 num_workers=self.cfg.num_workers,
+                access=self.cfg.access,
                 frame=self.cfg.frame,
                 pin_memory=self.device.type == "cuda",
             )

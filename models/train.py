@@ -74,6 +74,7 @@ class TrainConfig:
         model_overrides: architecture overrides passed to ``create_model``.
         seed: model initialisation and data-order seed.
         num_workers: reader worker processes.
+        access: shard reading, ``"index"`` (random access) or ``"stream"`` (sequential; another data order).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
         progress: show a tqdm bar.
     """
@@ -100,6 +101,7 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     num_workers: int = 2
+    access: str = "index"
     device: str = "auto"
     progress: bool = True
 
@@ -298,7 +300,7 @@ def _open(cfg: TrainConfig, split: str, training: bool) -> Iterable[Mapping[str,
     return open_dataset(
         cfg.catalog, dataset=cfg.dataset, split=split, corruption="clean", severity=0, batch_size=cfg.batch_size,
         seed=cfg.seed, shuffle=training, frame="random" if training else "eval", freqm=cfg.freqm if training else 0,
-        timem=cfg.timem if training else 0, num_workers=cfg.num_workers,
+        timem=cfg.timem if training else 0, num_workers=cfg.num_workers, access=cfg.access,
     )  # fmt: skip
 
 

@@ -74,6 +74,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="input frame: eval = frame_5 as READ/BriMPR (default), or an index, e.g. 4 as AVRobustBench",
     )
     p.add_argument("--workers", type=int, default=2, dest="num_workers", help="DataLoader workers (default 2)")
+    p.add_argument(
+        "--access",
+        choices=("index", "stream"),
+        default="index",
+        help="shard reading: index = random access by the member index (default), stream = sequential webdataset "
+        "iterators (for storage where only sequential reads are cheap; another sample order)",
+    )
     p.add_argument("--ray-address", help="fan (method, corruption, seed) jobs out over a Ray cluster")
     p.add_argument("--out", default="runs/adapt", help="run folder (default runs/adapt)")
     p.add_argument("--no-progress", action="store_true")
@@ -100,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         model=args.model,
         num_workers=args.num_workers,
+        access=args.access,
         frame=args.frame,
         precision=args.precision,
         method_config=args.method_config,

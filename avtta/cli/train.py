@@ -9,7 +9,7 @@ import json
 _FIELDS = (
     "catalog", "dataset", "model", "out", "epochs", "lr", "head_lr_factor", "weight_decay", "warmup_fraction",
     "batch_size", "mode", "label_smoothing", "freqm", "timem", "train_split", "val_split", "init", "num_classes",
-    "model_overrides", "seed", "num_workers", "device",
+    "model_overrides", "seed", "num_workers", "access", "device",
 )  # fmt: skip
 
 
@@ -53,6 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, help="model init and data order seed (default 0)")
     p.add_argument("--workers", type=int, dest="num_workers", help="reader worker processes (default 2)")
+    p.add_argument(
+        "--access",
+        choices=("index", "stream"),
+        help="shard reading: index = random access (default), stream = sequential webdataset iterators",
+    )
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     p.add_argument("--no-progress", action="store_true", dest="no_progress", help="no progress bar")

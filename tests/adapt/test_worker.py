@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -183,3 +184,14 @@ def test_joining_sets_of_different_jobs_is_refused(tmp_path, small_videos):
     run_shard_job(ShardJobConfig(corrupt=("audio:gaussian_noise@5",), shard_size=3, **common))
     with pytest.raises(ValueError, match="not made by one job"):
         open_dataset(tmp_path, "toy", "test", ("video:fog@5", "audio:gaussian_noise@5"))
+
+
+def test_access_modes_read_the_same_samples(catalog, checkpoint, tmp_path):
+    """`--access stream` reads the same tensors in another order: Source (no update) scores exactly the same."""
+    rows = {}
+    for access in ("index", "stream"):
+        c = cfg(catalog, checkpoint, tmp_path / access, protocol="video", corruptions=("fog",), methods=("source",))
+        rows[access] = run_adaptation(dataclasses.replace(c, access=access))[0]
+    assert rows["index"]["accuracy"] == rows["stream"]["accuracy"] and rows["index"]["samples"] == 6
+    with pytest.raises(ValueError, match="--access must be 'index' or 'stream', got 'mmap'"):
+        run_adaptation(cfg(catalog, checkpoint, tmp_path / "x", access="mmap"))
