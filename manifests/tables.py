@@ -140,9 +140,15 @@ def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table
     return pa.Table.from_pylist(list(rows), schema=schema)
 
 
-def part_members(shard_file: str, writer_members: Iterable[Sequence[Any]]) -> list[list[Any]]:
+def part_members(writer_members: Iterable[Sequence[Any]]) -> list[list[Any]]:
     """A closed shard's member index as stored in a chunk's part file: ``[key, field, offset, size]`` rows."""
     return [[m[0], m[1], int(m[2]), int(m[3])] for m in writer_members]
+
+
+def members_table(rows: Iterable[tuple[str, str, str, int, int]]) -> pa.Table:
+    """``(shard file, key, field, offset, size)`` rows -> the ``members.parquet`` table."""
+    cols = list(zip(*rows, strict=True)) or [()] * len(MEMBERS_SCHEMA)
+    return pa.Table.from_pydict({f.name: list(c) for f, c in zip(MEMBERS_SCHEMA, cols, strict=True)}, MEMBERS_SCHEMA)
 
 
 def write_set_tables(set_dir: str | Path, parts: Iterable[dict[str, Any]]) -> tuple[list, list, list]:
@@ -158,7 +164,7 @@ def write_set_tables(set_dir: str | Path, parts: Iterable[dict[str, Any]]) -> tu
     samples: list[dict] = []
     shards: list[dict] = []
     failures: list[dict] = []
-    members: dict[str, list] = {"shard": [], "key": [], "field": [], "offset": [], "size": []}
+    members: list[tuple[str, str, str, int, int]] = []
     for part in parts:
         samples += part["samples"]
         failures += part["failures"]
@@ -169,16 +175,11 @@ def write_set_tables(set_dir: str | Path, parts: Iterable[dict[str, Any]]) -> tu
         rows = part.get("members")
         if rows is None:
             rows = scan_members(set_dir / shard["file"])
-        for key, fld, offset, size in rows:
-            members["shard"].append(shard["file"])
-            members["key"].append(key)
-            members["field"].append(fld)
-            members["offset"].append(offset)
-            members["size"].append(size)
+        members += [(shard["file"], key, fld, offset, size) for key, fld, offset, size in rows]
     write_table(rows_to_table(samples, SAMPLES_SCHEMA), set_dir / SAMPLES_FILE)
     write_table(rows_to_table(shards, SHARDS_SCHEMA), set_dir / SHARDS_FILE)
     write_table(rows_to_table(failures, FAILURES_SCHEMA), set_dir / FAILURES_FILE)
-    write_table(pa.Table.from_pydict(members, schema=MEMBERS_SCHEMA), set_dir / MEMBERS_FILE)
+    write_table(members_table(members), set_dir / MEMBERS_FILE)
     return samples, shards, failures
 
 
@@ -375,15 +376,7 @@ class Catalog:
             return pq.read_table(path)
         from avtta.shards.index import scan_members
 
-        cols: dict[str, list] = {"shard": [], "key": [], "field": [], "offset": [], "size": []}
-        for shard in self.shard_paths(info):
-            for m in scan_members(shard):
-                cols["shard"].append(shard.name)
-                cols["key"].append(m.key)
-                cols["field"].append(m.field)
-                cols["offset"].append(m.offset)
-                cols["size"].append(m.size)
-        return pa.Table.from_pydict(cols, schema=MEMBERS_SCHEMA)
+        return members_table((shard.name, *m) for shard in self.shard_paths(info) for m in scan_members(shard))
 
     def classes(self, dataset: str) -> list[tuple[str, str]]:
         return load_classes(self.root, dataset)

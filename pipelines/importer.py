@@ -620,7 +620,7 @@ def process_import_task(task: ImportTask) -> ImportReport:
         if writer is not None:
             size, digest = writer.close()
             shard = {"file": _shard_name(task.index), "samples": len(rows), "bytes": size, "sha256": digest}
-            members = part_members(shard["file"], writer.members)
+            members = part_members(writer.members)
             writer = None
         write_json(
             {"fingerprint": task.fingerprint, "shard": shard, "samples": rows, "failures": fails, "members": members},

@@ -314,7 +314,7 @@ def _process_chunk(task: ChunkTask, decode_clip, DecodeError, compute_fbank, qua
                     "bytes": size,
                     "sha256": digest,
                 }
-                members = part_members(shard["file"], writer.members)
+                members = part_members(writer.members)
                 report.bytes += size
             part = {
                 "fingerprint": t.fingerprint,

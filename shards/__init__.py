@@ -90,12 +90,14 @@ def open_dataset(
         frame: ``"eval"`` (frame 5, as READ/BriMPR), ``"random"`` (training) or an index.
         freqm, timem: SpecAugment mask widths (training).
         access: ``"index"`` (default): random access through the set's member index, a full seeded permutation
-            per epoch, finished batches built in the DataLoader workers. ``"stream"``: webdataset's sequential tar
-            iterators with a seeded buffer shuffle (``shuffle_buffer``), for storage where only sequential reads
-            are cheap. Both give the same samples with identical tensors, in different orders.
+            per epoch; DataLoader workers decode the frames, this process reads the fbanks and normalises.
+            ``"stream"``: webdataset's sequential tar iterators with a seeded buffer shuffle (``shuffle_buffer``),
+            for storage where only sequential reads are cheap. Both give the same samples with identical tensors,
+            in different orders.
 
     Returns:
-        A :class:`BatchLoader` yielding ``{"audio": [B,1024,128], "video": [B,3,224,224], "label": [B], "key": [...]}``.
+        An :class:`IndexedLoader` (``access="index"``) or a :class:`BatchLoader` (``"stream"``), yielding
+        ``{"audio": [B,1024,128], "video": [B,3,224,224], "label": [B], "key": [...]}``.
     """
     from avtta.manifests import Catalog
 

@@ -198,7 +198,20 @@ class IndexedShards(Dataset):
 
     def _image(self, i: int) -> torch.Tensor:
         refs = self.refs
-        return load_image(self._read(refs.video_shard[i], refs.frames[i, self._frame(i)]), self.cfg.im_res)
+        k = self._frame(i)
+        try:
+            return load_image(self._read(refs.video_shard[i], refs.frames[i, k]), self.cfg.im_res)
+        except (OSError, RuntimeError) as err:  # PIL / torchvision on bytes that are not a decodable image
+            path = refs.paths[refs.video_shard[i]]
+            raise ValueError(f"sample {refs.keys[i]!r} in {path}: frame {k} does not decode ({err})") from None
+
+    def _fbank(self, i: int) -> np.ndarray:
+        data = self._reader.read_scratch(*self._fbank_at[i])  # a short read names the shard itself
+        try:
+            return npy_view(data)
+        except ValueError as err:
+            key, path = self.refs.keys[i], self._fbank_at[i][0]
+            raise ValueError(f"sample {key!r} in {path}: the fbank member is not a usable npy ({err})") from None
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         """In a DataLoader worker: the decoded frames of ``indices``, uint8 [B, 3, R, R] in shared memory (a slot of
@@ -227,8 +240,7 @@ class IndexedShards(Dataset):
         video = self._out.get("video", (b, 3, res, res))
         metadata = []
         for j, i in enumerate(indices):
-            fbank = npy_view(self._reader.read_scratch(*self._fbank_at[i]))
-            fill_fbank(audio[j], load_fbank(fbank, cfg, self._mask_generator(i)))
+            fill_fbank(audio[j], load_fbank(self._fbank(i), cfg, self._mask_generator(i)))
             fill_image(video[j], frames[j] if frames is not None else self._image(i))
             if cfg.with_metadata:
                 if refs.meta[i, 1] < 0:
