@@ -19,17 +19,25 @@ from .core import (
     CorruptionOptions,
     CorruptionSpec,
     apply_corruption,
+    format_spec,
     list_corruptions,
+    parse_spec_text,
     parse_specs,
     spec_rng,
 )
+from .tables import AUDIO_ORDER, AV_ORDER, VIDEO_ORDER
 
 __all__ = [
+    "AUDIO_ORDER",
+    "AV_ORDER",
     "CLEAN",
+    "VIDEO_ORDER",
     "CorruptionOptions",
     "CorruptionSpec",
     "apply_corruption",
+    "format_spec",
     "list_corruptions",
+    "parse_spec_text",
     "parse_specs",
     "spec_rng",
 ]

@@ -42,7 +42,44 @@ class CorruptionSpec:
             raise ValueError(f"severity {self.severity!r} of {self.modality}:{self.name} is not one of 1..5")
 
     def __str__(self) -> str:
-        return "clean" if self.modality == "clean" else f"{self.modality}:{self.name}@{self.severity}"
+        return format_spec(self.modality, self.name, self.severity)
+
+    @classmethod
+    def parse(cls, text: str, *, strict: bool = True) -> CorruptionSpec:
+        """One spec from ``"clean"`` / ``"none"`` / ``"MODALITY:NAME@SEVERITY"`` (no ``all``, no ranges).
+
+        Args:
+            text: the spec string.
+            strict: check the name and severity against the registry. ``strict=False`` accepts any name and any
+                non-negative severity (shard sets imported under a published name, joined pairs such as
+                ``av:fog+rain@5``), with the same syntax.
+        """
+        modality, name, severity = parse_spec_text(text)
+        if strict:
+            return cls(modality, name, severity)
+        spec = object.__new__(cls)  # the same frozen value without the registry checks
+        for field, value in (("modality", modality), ("name", name), ("severity", severity)):
+            object.__setattr__(spec, field, value)
+        return spec
+
+
+_ONE_RE = re.compile(r"^(?P<modality>[a-z]+):(?P<name>[^:@/\s]+)@(?P<sev>\d+)$")
+
+
+def format_spec(modality: str, name: str, severity: int) -> str:
+    """The one string form of a corruption / shard-set selection: ``clean`` or ``modality:name@severity``."""
+    return "clean" if modality == "clean" else f"{modality}:{name}@{int(severity)}"
+
+
+def parse_spec_text(text: str) -> tuple[str, str, int]:
+    """``"clean"``/``"none"`` -> ("clean", "clean", 0); ``"video:fog@5"`` -> ("video", "fog", 5); else ValueError."""
+    token = str(text).strip()
+    if token.lower() in ("none", "clean"):
+        return "clean", "clean", 0
+    match = _ONE_RE.match(token)
+    if match is None:
+        raise ValueError(f"bad corruption spec {text!r}: expected 'clean' or MODALITY:NAME@SEVERITY (e.g. video:fog@5)")
+    return match["modality"], match["name"], int(match["sev"])
 
 
 CLEAN = CorruptionSpec("clean", "clean", 0)
