@@ -1,0 +1,147 @@
+"""Audio-to-video label maps: a CSV of weighted class links turned into a dense ``[A, V]`` matrix.
+
+Audio-assisted TTA (``adapt/audio_assist.py``) labels a clip's audio with an audio classifier whose label space may
+differ from the video model's (e.g. AudioSet's 527 classes against Kinetics' 50). A label map says which audio
+classes name which video classes. It is data, written once offline (the paper builds it with an LLM; the prompt is
+in ``docs/audio-assist.md``), and validated here against both class lists.
+
+CSV format (header required, one link per row, many-to-many allowed)::
+
+    audio_label,video_label,weight
+    Dog,walking the dog,1.0
+    Bark,walking the dog,0.5
+    Music,playing guitar,0.5
+    Music,playing piano,0.5
+
+``weight`` is optional (default 1) and must be finite and >= 0. A (audio, video) pair listed twice is an error.
+The weights are used as they are, not normalised per row: the mapped audio distribution is
+``q = normalise(p_audio @ M)``, so an audio class with two links of weight 1 counts twice as much as a one-link
+class; split the weight (0.5 + 0.5, as ``Music`` above) when a class should count once. Audio classes without any
+row map nowhere: their probability mass is dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["LABEL_MAP_COLUMNS", "LabelMap", "identity_label_map", "load_label_map", "parse_label_map"]
+
+LABEL_MAP_COLUMNS = ("audio_label", "video_label", "weight")
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """A validated audio -> video label map.
+
+    Attributes:
+        audio_classes: the labeler's class names, in its logit order (A entries).
+        video_classes: the adapted model's class names, in its logit order (V entries).
+        matrix: ``[A, V]`` float32, ``matrix[a, v]`` = weight of the link audio class a -> video class v.
+        source: where the map came from (a CSV path or "identity"), for error messages and provenance.
+    """
+
+    audio_classes: tuple[str, ...]
+    video_classes: tuple[str, ...]
+    matrix: Tensor
+    source: str = "identity"
+
+    def __post_init__(self) -> None:
+        shape = (len(self.audio_classes), len(self.video_classes))
+        if tuple(self.matrix.shape) != shape:
+            raise ValueError(f"label map {self.source}: matrix shape {tuple(self.matrix.shape)} != {shape}")
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether the map is the identity on one shared label space."""
+        return self.audio_classes == self.video_classes and bool(
+            torch.equal(self.matrix, torch.eye(len(self.audio_classes)))
+        )
+
+    @property
+    def unmapped_audio_classes(self) -> tuple[str, ...]:
+        """Audio classes with no link (their probability mass is dropped)."""
+        rows = (self.matrix.sum(dim=1) == 0).tolist()
+        return tuple(name for name, empty in zip(self.audio_classes, rows, strict=True) if empty)
+
+
+def identity_label_map(classes: Sequence[str] | int) -> LabelMap:
+    """The identity map on one label space (class names, or a class count: names "0", "1", ...)."""
+    names = tuple(str(i) for i in range(classes)) if isinstance(classes, int) else _class_list(classes, "classes")
+    return LabelMap(names, names, torch.eye(len(names)), "identity")
+
+
+def load_label_map(path: str | Path, audio_classes: Sequence[str], video_classes: Sequence[str]) -> LabelMap:
+    """Read and validate a label-map CSV (see the module docstring) against both class lists.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a missing column, an unknown label, a bad weight or a duplicate link, naming it and the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label map {path} does not exist")
+    with path.open(newline="", encoding="utf-8") as handle:
+        return parse_label_map(handle.read(), audio_classes, video_classes, source=str(path))
+
+
+def parse_label_map(
+    text: str, audio_classes: Sequence[str], video_classes: Sequence[str], source: str = "<string>"
+) -> LabelMap:
+    """Build a :class:`LabelMap` from CSV ``text``; ``source`` names it in errors."""
+    audio = _class_list(audio_classes, "audio_classes")
+    video = _class_list(video_classes, "video_classes")
+    audio_index = {name: i for i, name in enumerate(audio)}
+    video_index = {name: i for i, name in enumerate(video)}
+    reader = csv.DictReader(text.splitlines())
+    header = [name.strip() for name in (reader.fieldnames or [])]
+    missing = [name for name in LABEL_MAP_COLUMNS[:2] if name not in header]
+    if missing:
+        raise ValueError(f"label map {source}: missing column(s) {missing}; header is {header}")
+    unknown_cols = sorted(set(header) - set(LABEL_MAP_COLUMNS))
+    if unknown_cols:
+        raise ValueError(f"label map {source}: unknown column(s) {unknown_cols}; allowed {list(LABEL_MAP_COLUMNS)}")
+    reader.fieldnames = header
+    matrix = torch.zeros(len(audio), len(video), dtype=torch.float64)
+    seen: set[tuple[int, int]] = set()
+    for line, row in enumerate(reader, start=2):  # line 1 is the header
+        a_name, v_name = (row.get("audio_label") or "").strip(), (row.get("video_label") or "").strip()
+        if a_name not in audio_index:
+            raise ValueError(f"label map {source} line {line}: unknown audio label {a_name!r} (not a labeler class)")
+        if v_name not in video_index:
+            raise ValueError(f"label map {source} line {line}: unknown video label {v_name!r} (not a model class)")
+        weight_text = (row.get("weight") or "").strip()
+        try:
+            weight = float(weight_text) if weight_text else 1.0
+        except ValueError:
+            raise ValueError(f"label map {source} line {line}: weight {weight_text!r} is not a number") from None
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"label map {source} line {line}: weight {weight_text!r} must be finite and >= 0")
+        pair = (audio_index[a_name], video_index[v_name])
+        if pair in seen:
+            raise ValueError(f"label map {source} line {line}: link {a_name!r} -> {v_name!r} is listed twice")
+        seen.add(pair)
+        matrix[pair] = weight
+    if not seen:
+        raise ValueError(f"label map {source}: no links (the file has a header only)")
+    if float(matrix.sum()) == 0.0:
+        raise ValueError(f"label map {source}: every weight is 0, no audio class maps anywhere")
+    return LabelMap(audio, video, matrix.float(), source)
+
+
+def _class_list(classes: Sequence[str], what: str) -> tuple[str, ...]:
+    if isinstance(classes, str) or not isinstance(classes, Sequence):
+        raise TypeError(f"{what} must be a sequence of class names, got {type(classes).__name__}")
+    names = tuple(str(name).strip() for name in classes)
+    if not names:
+        raise ValueError(f"{what} is empty")
+    dupes = sorted({name for name in names if names.count(name) > 1})
+    if dupes:
+        raise ValueError(f"{what} has duplicate class name(s) {dupes}")
+    return names
