@@ -232,8 +232,8 @@ def apply_view(frames: Tensor, params: dict[str, Any], augment: Sequence[str]) -
     out = frames
     if "crop" in augment:
         size = frames.shape[-2:]
-        t, l, h, w = params["top"], params["left"], params["height"], params["width"]
-        out = F.interpolate(out[..., t : t + h, l : l + w], size=size, mode="bilinear", align_corners=False)
+        top, left, h, w = params["top"], params["left"], params["height"], params["width"]
+        out = F.interpolate(out[..., top : top + h, left : left + w], size=size, mode="bilinear", align_corners=False)
     if "flip" in augment and params["flip"]:
         out = torch.flip(out, dims=(-1,))
     return out
@@ -286,7 +286,7 @@ class AudioAssist(TTAMethod):
             labeler_model.requires_grad_(False)
             labeler_model.eval()
             self.labeler_model = labeler_model
-            audio_classes = int(getattr(labeler_model, "num_classes", labeler_model.mlp_head[1].out_features))
+            audio_classes = _num_classes(labeler_model)
         self.label_matrix = self._resolve_label_map(label_map, audio_classes).to(self.device)
         self.label_map_source = label_map.source if isinstance(label_map, LabelMap) else "identity"
 
@@ -464,3 +464,9 @@ class AudioAssist(TTAMethod):
             self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
         if self.scaler is not None:
             self.scaler.load_state_dict(copy.deepcopy(snap["scaler"]))
+
+
+def _num_classes(model: nn.Module) -> int:
+    if hasattr(model, "num_classes"):
+        return int(model.num_classes)
+    return int(model.mlp_head[1].out_features)
