@@ -213,31 +213,34 @@ def plot_valuation(summary: pa.Table, path: str | Path, title: str = "") -> Path
         shift = balance[:, [methods.index(m) for m in others]] - base
         panels.append(("shift vs source (same set)", shift, others))
 
-    width = sum(0.9 * len(cols) + 1.2 for _, _, cols in panels) + 1.5
+    width = sum(0.9 * len(cols) + 1.0 for _, _, cols in panels) + 0.3 * max(len(name) for name in sets) / 2
     fig, axes = plt.subplots(
         1,
         len(panels),
-        figsize=(max(5.0, width), 1.4 + 0.42 * len(sets)),
+        figsize=(max(6.0, width), 1.8 + 0.42 * len(sets)),
         squeeze=False,
+        layout="constrained",
         gridspec_kw={"width_ratios": [len(cols) for _, _, cols in panels]},
     )
-    for ax, (label, data, cols) in zip(axes[0], panels, strict=True):
+    for k, (ax, (label, data, cols)) in enumerate(zip(axes[0], panels, strict=True)):
         finite = data[np.isfinite(data)]
         limit = max(0.05, float(np.abs(finite).max()) if finite.size else 0.05)
         im = ax.imshow(data, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
         ax.set_xticks(range(len(cols)), cols, rotation=40, ha="right")
-        ax.set_yticks(range(len(sets)), sets)
+        ax.set_yticks(range(len(sets)), sets if k == 0 else [""] * len(sets))  # one set of row labels, at the left
         ax.set_title(label, fontsize=10)
         if sets[0] == CLEAN_SET and len(sets) > 1:
-            ax.axhline(0.5, color="black", linewidth=1.5)  # clean reference above the line
+            ax.axhline(0.5, color="black", linewidth=1.5)  # the clean reference row above the line
         for i in range(data.shape[0]):
             for j in range(data.shape[1]):
                 if np.isfinite(data[i, j]):
                     strong = abs(data[i, j]) > 0.6 * limit
                     ax.text(j, i, f"{data[i, j]:+.2f}", ha="center", va="center", fontsize=7,
                             color="white" if strong else "black")  # fmt: skip
-        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-        bar.set_label("video carries (-)  |  audio carries (+)", fontsize=8)
+                else:
+                    ax.text(j, i, "n/a", ha="center", va="center", fontsize=7, color="0.5")
+        bar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
+        bar.set_label("video carries (-) | audio (+)", fontsize=8)
     fig.suptitle(title or "Which modality carries the predictions (sample-level Shapley values)", fontsize=11)
     path = Path(path)
     fig.savefig(path, dpi=120, bbox_inches="tight")
