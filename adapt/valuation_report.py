@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 __all__ = [
+    "batch_rows",
     "CLEAN_SET",
     "SAMPLE_SCHEMA",
     "SUMMARY_SCHEMA",
@@ -79,6 +80,59 @@ def samples_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
         for name in names:
             columns[name].append(row.get(name))
     return pa.Table.from_pydict(columns, schema=SAMPLE_SCHEMA)
+
+
+def batch_rows(
+    keys: Sequence[str],
+    set_name: str,
+    method: str,
+    seed: int,
+    labels: Sequence[int] | Any,
+    logits: Any,
+    values: Any = None,
+    iterations: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """The ``samples.parquet`` rows of one scored batch.
+
+    Args:
+        keys: sample keys (``batch["key"]``).
+        set_name: the condition name (e.g. "clean", "fog").
+        method: method name.
+        seed: run seed.
+        labels: ``[B]`` true labels (tensor or list).
+        logits: ``[B, C]`` scored logits (``method.step``'s return value).
+        values: ``adapt.valuation.ModalityValues`` of the batch, or None (phi columns null).
+        iterations: per-sample iterations (``AudioAssist.last_iterations``), or None.
+    """
+    labels = [int(y) for y in (labels.tolist() if hasattr(labels, "tolist") else labels)]
+    predictions = [int(p) for p in logits.argmax(dim=1).tolist()]
+    if not (len(keys) == len(labels) == len(predictions)):
+        raise ValueError(
+            f"batch_rows: {len(keys)} keys, {len(labels)} labels, {len(predictions)} predictions "
+            "(adapt/valuation_report.py)"
+        )
+    phi_a = values.phi_a.tolist() if values is not None else [None] * len(keys)
+    phi_v = values.phi_v.tolist() if values is not None else [None] * len(keys)
+    iters = list(iterations) if iterations is not None else [None] * len(keys)
+    if len(phi_a) != len(keys) or len(iters) != len(keys):
+        raise ValueError(
+            f"batch_rows: valuation or iterations do not match {len(keys)} keys (adapt/valuation_report.py)"
+        )
+    return [
+        {
+            "key": str(k),
+            "set": set_name,
+            "method": method,
+            "seed": int(seed),
+            "label": y,
+            "prediction": p,
+            "correct": y == p,
+            "phi_a": a,
+            "phi_v": v,
+            "iterations": n,
+        }
+        for k, y, p, a, v, n in zip(keys, labels, predictions, phi_a, phi_v, iters, strict=True)
+    ]
 
 
 def _as_table(samples: pa.Table | str | Path) -> pa.Table:

@@ -13,6 +13,7 @@ import torch
 from avtta.adapt.valuation import modality_logits, shapley_values, valuate_batch
 from avtta.adapt.valuation_report import (
     SAMPLE_SCHEMA,
+    batch_rows,
     iterations_histogram,
     plot_valuation,
     samples_table,
@@ -196,3 +197,23 @@ def test_valuation_png_is_written_and_not_trivial(tmp_path) -> None:
     with pytest.raises(ValueError, match="empty"):
         plot_valuation(summarize_valuation(samples_table(_synthetic_rows())).slice(0, 0), tmp_path / "x.png")
     assert np.isfinite(image).all()
+
+
+def test_batch_rows_feed_the_samples_table() -> None:
+    logits = torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 3.0]])
+    fused, audio, video = logits, torch.tensor([[1.0, 0.0]] * 3), torch.tensor([[0.0, 1.0]] * 3)
+    phi_a, phi_v = shapley_values(fused, audio, video, torch.tensor([1, 0, 0]))
+    values = type("V", (), {"phi_a": phi_a, "phi_v": phi_v})()
+    rows = batch_rows(["a", "b", "c"], "fog", "audio_assist", 3, torch.tensor([1, 0, 0]), logits, values, [2, 0, 5])
+    table = samples_table(rows)
+    assert table.column("correct").to_pylist() == [True, True, False]
+    assert table.column("prediction").to_pylist() == [1, 0, 1]
+    # a: fused right, audio wrong, video right -> (0.5, 1.5); b: right, right, wrong -> (1.5, 0.5);
+    # c: fused wrong, audio right, video wrong -> (0.5, -0.5)
+    assert table.column("phi_a").to_pylist() == [0.5, 1.5, 0.5]
+    assert table.column("phi_v").to_pylist() == [1.5, 0.5, -0.5]
+    assert table.column("iterations").to_pylist() == [2, 0, 5]
+    plain = samples_table(batch_rows(["a"], "clean", "tent", 1, [0], logits[:1]))
+    assert plain.column("phi_a").to_pylist() == [None] and plain.column("iterations").to_pylist() == [None]
+    with pytest.raises(ValueError, match="2 keys, 3 labels"):
+        batch_rows(["a", "b"], "fog", "tent", 1, [0, 0, 0], logits)
