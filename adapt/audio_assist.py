@@ -134,6 +134,8 @@ class AudioAssistConfig(MethodConfig):
             raise ValueError(f"max_iterations must be an integer >= 1, got {self.max_iterations!r} {where}")
         if not (isinstance(self.views, int) and self.views >= 1):
             raise ValueError(f"views must be an integer >= 1, got {self.views!r} {where}")
+        if self.consistency == "views" and self.views < 2:
+            raise ValueError(f"consistency 'views' needs views >= 2, got {self.views} {where}")
         bad = sorted(set(self.augment) - set(AUGMENTATIONS))
         if bad:
             raise ValueError(f"augment has unknown entries {bad}; known {AUGMENTATIONS} {where}")
@@ -251,8 +253,9 @@ class AudioAssist(TTAMethod):
         label_map: the validated :class:`LabelMap` (or an ``[A, V]`` matrix) when the label spaces differ; None =
             identity (then the labeler and the model must have the same number of classes).
 
-    After every :meth:`step`: ``last_iterations`` (updates per sample), ``last_pseudo_labels`` (-1 = none),
-    ``last_confidence`` and ``last_keys``, in batch order.
+    After every :meth:`step`, in batch order: ``last_iterations`` (updates per sample), ``last_pseudo_labels``
+    (-1 where the audio maps to no video class; a sample below the threshold keeps its label but gets 0 updates),
+    ``last_confidence`` (``max c``) and ``last_keys``.
     """
 
     name = "audio_assist"
@@ -324,6 +327,7 @@ class AudioAssist(TTAMethod):
     def init_state(self) -> None:
         self._run_seed = int(self.config.seed)
         self._pending_keys: list[str] | None = None
+        self._batch_keys: list[str] = []
 
     def reset_state(self) -> None:
         self._stream_index = 0  # samples seen since the last reset: the fallback key
@@ -379,7 +383,7 @@ class AudioAssist(TTAMethod):
 
     # ------------------------------------------------------------------ the step
     def forward_and_adapt(self, audio: Tensor, video: Tensor) -> Tensor:
-        keys = getattr(self, "_batch_keys", None) or [f"#{self._stream_index + i}" for i in range(len(audio))]
+        keys = self._batch_keys or [f"#{self._stream_index + i}" for i in range(len(audio))]
         logits, iterations, labels, confidence = [], [], [], []
         for i, key in enumerate(keys):
             if self.config.episodic:  # type: ignore[attr-defined]

@@ -316,6 +316,7 @@ def test_method_configuration_errors() -> None:
         {"crop_scale": (0.0, 1.0)},
         {"loss_tolerance": math.inf},
         {"groups": ()},
+        {"consistency": "views", "views": 1},
     ):
         with pytest.raises(ValueError):
             AudioAssistConfig(**bad)
