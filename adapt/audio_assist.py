@@ -74,6 +74,11 @@ class AudioAssistConfig(MethodConfig):
     Attributes:
         labeler: "self" (the adapted model's own audio-only forward) or the path of the labeler checkpoint (the
             caller loads it and passes ``labeler_model=``; the path is kept for provenance).
+        labeler_arch: model name of the labeler checkpoint when the checkpoint does not say (released ``.pth``), for
+            the caller that builds it (e.g. "cav_mae_ft_base").
+        labeler_classes: path of the labeler's class list (``adapt.label_map.load_class_list``: a text file, one name
+            per line, or a CSV such as AudioSet's ``class_labels_indices.csv``), for the caller that loads the label
+            map; None with labeler "self" (the dataset's classes).
         labeler_mode: forward mode of the labeler: None = "missingaudioonly" for "self" (a multimodal model given
             audio only, CAV-MAE's missing-modality inference) and "audioonly" for a separate (audio) model.
         label_map: path of the label-map CSV (loaded by the caller with ``adapt.label_map.load_label_map`` and
@@ -94,6 +99,8 @@ class AudioAssistConfig(MethodConfig):
     """
 
     labeler: str = "self"
+    labeler_arch: str | None = None
+    labeler_classes: str | None = None
     labeler_mode: str | None = None
     label_map: str | None = None
     forward: str = "multimodal"

@@ -31,9 +31,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["LABEL_MAP_COLUMNS", "LabelMap", "identity_label_map", "load_label_map", "parse_label_map"]
+__all__ = [
+    "LABEL_MAP_COLUMNS",
+    "LabelMap",
+    "identity_label_map",
+    "load_class_list",
+    "load_label_map",
+    "parse_label_map",
+]
 
 LABEL_MAP_COLUMNS = ("audio_label", "video_label", "weight")
+_NAME_COLUMNS = ("display_name", "name", "label")  # AudioSet's class_labels_indices.csv has display_name
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,46 @@ def parse_label_map(
     if float(matrix.sum()) == 0.0:
         raise ValueError(f"label map {source}: every weight is 0, no audio class maps anywhere")
     return LabelMap(audio, video, matrix.float(), source)
+
+
+def load_class_list(path: str | Path) -> tuple[str, ...]:
+    """Class names in logit order, for a labeler checkpoint that does not carry them.
+
+    ``.csv``: a header with one of the columns ``display_name`` (AudioSet's ``class_labels_indices.csv``), ``name``
+    or ``label``, optionally ``index`` (then rows must list 0..N-1, in any order); anything else: one name per line,
+    blank lines skipped.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: no name column, bad or missing indices, duplicates, or an empty list (naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class list {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() != ".csv":
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        reader = csv.DictReader(text.splitlines())
+        header = [name.strip() for name in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        column = next((name for name in _NAME_COLUMNS if name in header), None)
+        if column is None:
+            raise ValueError(f"class list {path}: no name column (one of {list(_NAME_COLUMNS)}); header is {header}")
+        rows = list(reader)
+        names = [(row[column] or "").strip() for row in rows]
+        if "index" in header:
+            try:
+                index = [int(row["index"]) for row in rows]
+            except (TypeError, ValueError):
+                raise ValueError(f"class list {path}: the index column has a non-integer entry") from None
+            if sorted(index) != list(range(len(rows))):
+                raise ValueError(f"class list {path}: the indices are not 0..{len(rows) - 1}, each once")
+            ordered = [""] * len(rows)
+            for i, name in zip(index, names, strict=True):
+                ordered[i] = name
+            names = ordered
+    return _class_list(names, f"class list {path}")
 
 
 def _class_list(classes: Sequence[str], what: str) -> tuple[str, ...]:

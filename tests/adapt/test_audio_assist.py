@@ -16,7 +16,7 @@ from avtta.adapt.audio_assist import (
     sample_view_params,
     should_stop,
 )
-from avtta.adapt.label_map import identity_label_map, load_label_map, parse_label_map
+from avtta.adapt.label_map import identity_label_map, load_class_list, load_label_map, parse_label_map
 from avtta.models import create_model
 from torch import nn
 
@@ -334,3 +334,25 @@ def test_another_labeler_with_its_own_label_space_stays_frozen() -> None:
     assert bool(torch.isfinite(out).all()) and method.last_keys == ["#0", "#1", "#2", "#3"]
     assert all(torch.equal(frozen[k], v) for k, v in labeler.state_dict().items())
     assert not any(p.requires_grad for p in labeler.parameters())
+
+
+def test_class_lists(tmp_path) -> None:
+    txt = tmp_path / "classes.txt"
+    txt.write_text("dog\n\nbark\nwind\n")
+    assert load_class_list(txt) == AUDIO_CLASSES
+    csv_path = tmp_path / "class_labels_indices.csv"  # AudioSet's layout, rows out of order
+    csv_path.write_text('index,mid,display_name\n1,/m/b,bark\n0,/m/a,dog\n2,/m/c,"wind"\n')
+    assert load_class_list(csv_path) == AUDIO_CLASSES
+    for text, message in {
+        "index,mid\n0,/m/a\n": "no name column",
+        "index,name\n0,dog\n2,bark\n": "not 0..1",
+        "index,name\nx,dog\n": "non-integer",
+        "name\ndog\ndog\n": "duplicate class name",
+        "name\n": "is empty",
+    }.items():
+        csv_path.write_text(text)
+        with pytest.raises(ValueError, match=message) as info:
+            load_class_list(csv_path)
+        assert "class_labels_indices.csv" in str(info.value)
+    with pytest.raises(FileNotFoundError):
+        load_class_list(tmp_path / "none.txt")
