@@ -38,6 +38,7 @@ __all__ = [
     "load_class_list",
     "load_label_map",
     "parse_label_map",
+    "resolve_label_map",
 ]
 
 LABEL_MAP_COLUMNS = ("audio_label", "video_label", "weight")
@@ -141,6 +142,26 @@ def parse_label_map(
     if float(matrix.sum()) == 0.0:
         raise ValueError(f"label map {source}: every weight is 0, no audio class maps anywhere")
     return LabelMap(audio, video, matrix.float(), source)
+
+
+def resolve_label_map(
+    label_map: str | Path | None,
+    video_classes: Sequence[str],
+    audio_classes: Sequence[str] | str | Path | None = None,
+) -> LabelMap | None:
+    """The label map an ``audio_assist`` config names, ready for ``AudioAssist(label_map=...)``.
+
+    Args:
+        label_map: the config's ``label_map`` CSV path, or None (identity: returns None).
+        video_classes: the adapted model's class names (the dataset's classes, logit order).
+        audio_classes: the labeler's class names, or the path of its class list (the config's
+            ``labeler_classes``); None = the video classes (labeler "self").
+    """
+    if label_map is None:
+        return None
+    if isinstance(audio_classes, str | Path):
+        audio_classes = load_class_list(audio_classes)
+    return load_label_map(label_map, video_classes if audio_classes is None else audio_classes, video_classes)
 
 
 def load_class_list(path: str | Path) -> tuple[str, ...]:

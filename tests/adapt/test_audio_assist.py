@@ -16,7 +16,13 @@ from avtta.adapt.audio_assist import (
     sample_view_params,
     should_stop,
 )
-from avtta.adapt.label_map import identity_label_map, load_class_list, load_label_map, parse_label_map
+from avtta.adapt.label_map import (
+    identity_label_map,
+    load_class_list,
+    load_label_map,
+    parse_label_map,
+    resolve_label_map,
+)
 from avtta.models import create_model
 from torch import nn
 
@@ -356,3 +362,11 @@ def test_class_lists(tmp_path) -> None:
         assert "class_labels_indices.csv" in str(info.value)
     with pytest.raises(FileNotFoundError):
         load_class_list(tmp_path / "none.txt")
+
+    (tmp_path / "map.csv").write_text(TINY_CSV)
+    txt.write_text("dog\nbark\nwind\n")
+    lm = resolve_label_map(tmp_path / "map.csv", VIDEO_CLASSES, txt)
+    assert lm is not None and lm.matrix.tolist() == [[1.0, 0.0], [0.5, 0.5], [0.0, 0.0]]
+    assert resolve_label_map(None, VIDEO_CLASSES, txt) is None
+    with pytest.raises(ValueError, match="unknown audio label 'dog'"):  # labeler "self": the video classes
+        resolve_label_map(tmp_path / "map.csv", VIDEO_CLASSES)
