@@ -1,4 +1,13 @@
-"""Parquet manifests of shard sets and the catalog of an output root (see ``tables``)."""
+"""Parquet manifests of shard sets, the catalog of an output root (``tables``) and the selection over it.
+
+:func:`open_dataset` (``dataset``: a catalog selection -> the batches of :mod:`avtta.shards`' readers) is imported
+on first use: the manifests alone need neither torch nor the corruptions.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .tables import (
     CATALOG_FILE,
@@ -52,4 +61,18 @@ __all__ = [
     "write_json",
     "write_set_tables",
     "write_table",
+    "check_joinable",
+    "open_dataset",
+    "parse_selection",
 ]
+
+_LAZY = {"check_joinable": "dataset", "open_dataset": "dataset", "parse_selection": "dataset"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # resolved once
+    return value
