@@ -6,7 +6,6 @@ on first use: the manifests alone need neither torch nor the corruptions.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from .tables import (
@@ -66,13 +65,10 @@ __all__ = [
     "parse_selection",
 ]
 
-_LAZY = {"check_joinable": "dataset", "open_dataset": "dataset", "parse_selection": "dataset"}
-
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # resolved once
-    return value
+    if name in ("check_joinable", "open_dataset", "parse_selection"):  # the selection: torch and the corruptions
+        from . import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,11 +13,8 @@ PAIR = ("video:fog@5", "audio:rain@5")  # k05 failed in the video set, k02 in th
 
 
 def by_key(loader):
-    out = {}
-    for b in loader:
-        for j, key in enumerate(b["key"]):
-            out[key] = (b["audio"][j], b["video"][j], int(b["label"][j]))
-    return out
+    """key -> (audio, video, label) over every batch."""
+    return {k: (b["audio"][j], b["video"][j], int(b["label"][j])) for b in loader for j, k in enumerate(b["key"])}
 
 
 def load(catalog, selection, **kw):
