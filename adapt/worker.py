@@ -8,7 +8,7 @@ update online, one step per batch. ``continual=True`` never resets: each seed ru
 continually adapted model.
 
 Jobs run in this process, or, with ``ray_address``, on Ray actors (one GPU each when the cluster has GPUs) that each
-hold a model, fed by the shard reader (``avtta.shards.open_dataset``); the rows are gathered into one results table.
+hold a model, fed by the shard reader (``avtta.manifests.open_dataset``); the rows are gathered into one results table.
 Independent jobs give identical numbers wherever they run, because ``reset()`` restores the model and optimiser
 exactly and every random draw comes from generators seeded by (seed, ...).
 
@@ -250,7 +250,7 @@ class AdaptationWorker:
         return model.to(self.device).eval()
 
     def _source(self, num_clips: int, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from avtta.shards import open_dataset
+        from avtta.manifests import open_dataset
 
         loader = open_dataset(
             self.catalog,
@@ -309,7 +309,7 @@ class AdaptationWorker:
 
     # -- running -------------------------------------------------------------------------------------------------
     def run(self, job: Job, bar: tqdm | None = None) -> list[dict[str, Any]]:
-        from avtta.shards import open_dataset
+        from avtta.manifests import open_dataset
 
         method = self.method(job.method)
         method.reset(seed=job.seed)  # source state, generator seeded by the run seed (BriMPR: fresh prompts from it)
@@ -402,7 +402,7 @@ def run_adaptation(cfg: AdaptConfig) -> list[dict[str, Any]]:
 
 
 def _split_sel(sel: str) -> tuple[str, str, int]:
-    from avtta.shards import parse_selection
+    from avtta.manifests import parse_selection
 
     return parse_selection(sel)
 

@@ -2,7 +2,7 @@
 
 1. raw mp4 -> shards (decode with PyAV, 10 frames, fbank, JPEG, tar), clips/s with 1 and 2 Ray workers (embedded
    local Ray) and in-process.
-2. Reading for evaluation: our reader (``avtta.shards.open_dataset``, both access modes) vs the reference layout's
+2. Reading for evaluation: our reader (``avtta.manifests.open_dataset``, both access modes) vs the reference layout's
    loader (JPEG frame folders + 16 kHz wav files listed in a JSON file, decoded per sample as the CAV-MAE / READ /
    BriMPR ``AudiosetDataset`` does: PIL open + Resize(224, bicubic) + CenterCrop + ToTensor + Normalize, wav load + DC
    removal + Kaldi fbank + pad + normalise), both through a torch DataLoader with the same workers and batch size.
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
+from avtta.manifests import open_dataset
 from avtta.pipelines.decode import decode_clip
 from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
 from avtta.pipelines.synth import write_test_video
-from avtta.shards import open_dataset
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 

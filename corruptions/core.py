@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from avtta.shards.schema import FRAME_SIZE
 from PIL import Image
 
 from . import audio, audio_visual, tables, video  # noqa: F401  (importing registers the corruptions)
@@ -164,8 +165,8 @@ def _reference_frame(img: np.ndarray) -> np.ndarray:
         size = (256, int(256 * h / w))
     big = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
     bh, bw = big.shape[:2]
-    top, left = int(round((bh - 224) / 2.0)), int(round((bw - 224) / 2.0))
-    return big[top : top + 224, left : left + 224]
+    top, left = int(round((bh - FRAME_SIZE) / 2.0)), int(round((bw - FRAME_SIZE) / 2.0))
+    return big[top : top + FRAME_SIZE, left : left + FRAME_SIZE]
 
 
 def _jpeg85(img: np.ndarray) -> np.ndarray:

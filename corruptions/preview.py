@@ -24,7 +24,7 @@ def _decode_frames(path: Path, seconds: float, size: int) -> tuple[np.ndarray, f
     ``decode_clip`` samples the model's 10 frames only; a playable preview needs them all, hence this small helper.
     """
     import av
-    from avtta.pipelines.decode import resize_center_crop
+    from avtta.shards.transforms import resize_center_crop
 
     frames = []
     try:

@@ -1,4 +1,12 @@
-"""Parquet manifests of shard sets and the catalog of an output root (see ``tables``)."""
+"""Parquet manifests of shard sets, the catalog of an output root (``tables``) and the selection over it.
+
+:func:`open_dataset` (``dataset``: a catalog selection -> the batches of :mod:`avtta.shards`' readers) is imported
+on first use: the manifests alone need neither torch nor the corruptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from .tables import (
     CATALOG_FILE,
@@ -52,4 +60,15 @@ __all__ = [
     "write_json",
     "write_set_tables",
     "write_table",
+    "check_joinable",
+    "open_dataset",
+    "parse_selection",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("check_joinable", "open_dataset", "parse_selection"):  # the selection: torch and the corruptions
+        from . import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,7 @@ smoothing 0.1, cross-entropy), with AdamW and a linear warm-up + cosine schedule
 step decay. Not ported: mixup, fbank noise/roll augmentation and weight averaging.
 
 Data: any iterable of batch dicts ``{"audio": [B,T,128], "video": [B,3,H,W], "label": LongTensor[B], ...}``; by
-default the reader :func:`avtta.shards.open_dataset` over a catalog (SpecAugment and the random frame are
+default the reader :func:`avtta.manifests.open_dataset` over a catalog (SpecAugment and the random frame are
 applied there). Mixed precision (fp16 autocast + GradScaler) only on CUDA; fp32 on the CPU.
 
 Outputs in ``out``: ``model.safetensors`` + ``model.json`` (the model after the last finished epoch, loadable with
@@ -293,7 +293,7 @@ def _load_state(path: Path, model: CAVMAEFT, optimizer: torch.optim.Optimizer, s
 
 
 def _open(cfg: TrainConfig, split: str, training: bool) -> Iterable[Mapping[str, Any]]:
-    from avtta.shards import open_dataset  # data layer; imported lazily so the model code stays torch/timm-only
+    from avtta.manifests import open_dataset  # data layer; imported lazily so the model code stays torch/timm-only
 
     if cfg.catalog is None or not cfg.dataset:
         raise ValueError("TrainConfig.catalog and .dataset are required when no data iterables are passed to train()")
@@ -335,7 +335,7 @@ def train(
     Args:
         cfg: the run.
         train_data: batches for one epoch, iterated once per epoch (``set_epoch(epoch)`` is called when it has
-            one); default: the catalog's ``train_split`` through :func:`avtta.shards.open_dataset`.
+            one); default: the catalog's ``train_split`` through :func:`avtta.manifests.open_dataset`.
         val_data: validation batches; default: the catalog's ``val_split`` (none if ``val_split`` is ``None``).
         resume: continue from ``state.safetensors`` in ``cfg.out`` (a fresh start when there is none).
 

@@ -5,8 +5,9 @@ Reproduces the reference's offline extraction (spec/preprocessing.md 1.1-1.2) wi
 * frames as CAV-MAE's ``extract_video_frame.py`` picks them: ``fps`` = the reported rate, ``total = min(reported
   frame count, int(fps * 10))``, ``idx_i = int(i * (total / N))``, and the frame at position ``idx_i - 1`` in the
   decoder's output order (position 0 for ``idx_i = 0``, as OpenCV treats a seek to -1); then torchvision
-  ``Resize(frame_size)`` (PIL bilinear, antialiased) and ``CenterCrop``. PyAV's ``rgb24`` conversion equals
-  OpenCV's ``BGR2RGB`` of its decode bit for bit, so the frames equal the reference's before its JPEG write.
+  ``Resize(frame_size)`` (PIL bilinear, antialiased) and ``CenterCrop``, through the code base's one resize + crop
+  (``avtta.shards.transforms.resize_center_crop``). PyAV's ``rgb24`` conversion equals OpenCV's ``BGR2RGB`` of its
+  decode bit for bit, so the frames equal the reference's before its JPEG write.
 * audio as ``ffmpeg -ar 16000`` + ``sox remix 1``: libswresample through ``av.AudioResampler`` to 16 kHz signed
   16-bit with the source channel layout kept, then the first channel; values are ``k / 32768`` (bit-exact with
   the reference WAV on the shared real clip).
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 import av
 import numpy as np
-from PIL import Image
+from avtta.shards.transforms import FRAME_SIZE, NUM_FRAMES, SAMPLE_RATE, resize_center_crop
 
 from .features import max_samples_for_frames
 
@@ -37,7 +38,7 @@ __all__ = ["DecodedClip", "DecodeError", "decode_clip", "frame_positions", "resi
 log = logging.getLogger(__name__)
 
 MAX_SECONDS = 10  # the reference caps the frame range at 10 s (VGGSound frame counts are unreliable)
-DEFAULT_MAX_AUDIO_SAMPLES = max_samples_for_frames(1024, 16000)
+DEFAULT_MAX_AUDIO_SAMPLES = max_samples_for_frames()  # what TARGET_LENGTH (1024) fbank frames read
 
 
 class DecodeError(Exception):
@@ -81,25 +82,6 @@ def frame_positions(total: int, num_frames: int) -> list[int]:
     return [max(int(i * (total / num_frames)) - 1, 0) for i in range(num_frames)]
 
 
-def resize_center_crop(rgb: np.ndarray, size: int, resample: int = Image.BILINEAR) -> np.ndarray:
-    """torchvision ``Resize(size)`` (PIL backend) then ``CenterCrop(size)`` of a uint8 ``[H, W, 3]`` image.
-
-    The shorter side becomes ``size`` and the longer ``int(size * long / short)``; the crop offsets are
-    ``int(round((dim - size) / 2))`` (Python rounding), as torchvision computes them.
-    """
-    h, w = rgb.shape[:2]
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
-    img = Image.fromarray(rgb)
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), resample)
-    top = int(round((new_h - size) / 2.0))
-    left = int(round((new_w - size) / 2.0))
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-
 def _fail(reason: str, path: Path) -> DecodeError:
     return DecodeError(reason, path)
 
@@ -113,9 +95,9 @@ def _libav_message(err: BaseException) -> str:
 def decode_clip(
     path: str | os.PathLike,
     *,
-    num_frames: int = 10,
-    frame_size: int = 224,
-    sample_rate: int = 16000,
+    num_frames: int = NUM_FRAMES,
+    frame_size: int = FRAME_SIZE,
+    sample_rate: int = SAMPLE_RATE,
     missing: Literal["fail", "fill"] = "fail",
     max_audio_samples: int | None = DEFAULT_MAX_AUDIO_SAMPLES,
     threads: bool = True,

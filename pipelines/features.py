@@ -1,7 +1,8 @@
 """Audio features as the CAV-MAE data loader computes them (spec/preprocessing.md section 2.1).
 
 ``compute_fbank`` returns the *unnormalised* Kaldi filterbank; normalisation with ``FBANK_MEAN`` /
-``FBANK_STD`` happens after zero-padding (spec item 25), at model-input time. ``quantize_pcm16`` maps a float
+``FBANK_STD`` happens after zero-padding (spec item 25), at model-input time, in the readers (the statistics and the
+normalisation live in ``avtta.shards.transforms``; re-exported here). ``quantize_pcm16`` maps a float
 waveform onto the 16-bit PCM grid, as writing and re-reading a 16-bit WAV does.
 """
 
@@ -11,32 +12,22 @@ from typing import Literal
 
 import numpy as np
 import torch
+from avtta.shards.transforms import FBANK_MEAN, FBANK_STD, NUM_MEL_BINS, SAMPLE_RATE, TARGET_LENGTH
 from torchaudio.compliance import kaldi
 
 __all__ = [
     "FBANK_MEAN",
     "FBANK_STD",
-    "FBANK_WINDOW",
-    "FBANK_HOP",
     "max_samples_for_frames",
     "compute_fbank",
-    "normalize_fbank",
     "quantize_pcm16",
 ]
-
-# Data-loader statistics, the same for every data set (spec item 23, KEEP: the checkpoints were trained with them).
-FBANK_MEAN = -5.081
-FBANK_STD = 4.4849
-
-# Kaldi frame length / shift at 16 kHz (25 ms / 10 ms).
-FBANK_WINDOW = 400
-FBANK_HOP = 160
 
 # The reference's fbank arguments; everything else is torchaudio's default (spec 2.1 step 3).
 _KALDI_ARGS = dict(htk_compat=True, use_energy=False, window_type="hanning", dither=0.0, frame_shift=10)
 
 
-def max_samples_for_frames(target_length: int = 1024, sample_rate: int = 16000) -> int:
+def max_samples_for_frames(target_length: int = TARGET_LENGTH, sample_rate: int = SAMPLE_RATE) -> int:
     """Number of samples that ``target_length`` fbank frames read (``snip_edges=True``): (T-1)*hop + window."""
     window = int(sample_rate * 0.025)
     hop = int(sample_rate * 0.010)
@@ -45,9 +36,9 @@ def max_samples_for_frames(target_length: int = 1024, sample_rate: int = 16000) 
 
 def compute_fbank(
     waveform: np.ndarray,
-    sample_rate: int = 16000,
-    target_length: int = 1024,
-    num_mel_bins: int = 128,
+    sample_rate: int = SAMPLE_RATE,
+    target_length: int = TARGET_LENGTH,
+    num_mel_bins: int = NUM_MEL_BINS,
 ) -> np.ndarray:
     """Kaldi log-mel filterbank of a mono waveform, exactly as the CAV-MAE loader computes it, unnormalised.
 
@@ -95,11 +86,6 @@ def compute_fbank(
     elif n > target_length:
         fbank = fbank[:target_length]
     return fbank.numpy().astype(np.float32, copy=False)
-
-
-def normalize_fbank(fbank: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    """The loader's normalisation ``(fbank - mean) / std`` (divided by std, not 2*std as in AST)."""
-    return (fbank - FBANK_MEAN) / FBANK_STD
 
 
 def quantize_pcm16(waveform: np.ndarray, rounding: Literal["floor", "nearest"] = "floor") -> np.ndarray:

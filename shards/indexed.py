@@ -1,6 +1,8 @@
-"""Random-access reader: model-ready batches straight from the byte ranges the member index records.
+"""Index mode: model-ready batches straight from the byte ranges the member index records.
 
-The default way :func:`avtta.shards.open_dataset` reads a local catalog. Each sample costs two ``pread`` calls (its
+The default way :func:`avtta.manifests.open_dataset` reads a local catalog (``access="index"``); it shares the input
+transforms (:mod:`.transforms`), the settings, the frame decode, the key join and the loader shell (:mod:`.loader`)
+with the stream mode (:mod:`.reader`). Each sample costs two ``pread`` calls (its
 fbank and the one frame the model sees), an npy view, one JPEG decode and the normalisation, written directly into
 the batch tensor. It is a map-style dataset: a torch ``DataLoader`` with a batch sampler hands whole batches of
 indices to its workers, which decode the frames into a shared-memory ring; the consuming process reads the fbanks
@@ -28,11 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import Dataset, get_worker_info
 
 from .index import MemberReader
-from .reader import ReaderConfig, eval_frame_index, fill_fbank, fill_image, load_fbank, load_image
+from .loader import Loader, ReaderConfig, join_keys, load_image
 from .schema import FBANK_FIELD, FRAME_RE, META_FIELD
+from .transforms import NUM_MEL_BINS, fill_fbank, fill_image, frame_index, load_fbank
 
 
 @dataclass
@@ -63,25 +66,30 @@ class SampleRefs:
         samples: Sequence[tuple[str, str, int]],
         video_members: Sequence[tuple[str, str, str, int, int]],
         audio_members: Sequence[tuple[str, str, str, int, int]] | None = None,
+        names: tuple[str, str] = ("the video set", "the audio set"),
     ) -> SampleRefs:
         """Join manifests into references.
 
         Args:
-            samples: ``(shard path, key, label)`` of the video set in reading order (samples without an audio
-                member are left out when ``audio_members`` is given: they failed in the audio set).
+            samples: ``(shard path, key, label)`` of the video set in reading order.
             video_members: ``(shard path, key, field, offset, size)`` of the video set.
-            audio_members: the same for the set the fbank comes from (None: the video set).
+            audio_members: the same for the set the fbank comes from (None: the video set). The two sets are joined
+                by key (:func:`.loader.join_keys`): clips that failed in one set only are left out.
+            names: the two sets, for messages.
         """
         by_sample: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
         for shard, key, field, offset, size in video_members:
             by_sample.setdefault((shard, key), {})[field] = (offset, size)
         fbank_of: dict[str, tuple[str, int, int]] = {}
         if audio_members is not None:
-            for shard, key, field, offset, size in audio_members:
-                if field == FBANK_FIELD:
-                    if key in fbank_of:
-                        raise ValueError(f"sample key {key!r} appears twice in {shard} and {fbank_of[key][0]}")
-                    fbank_of[key] = (shard, offset, size)
+            fbanks = [
+                (key, (shard, offset, size))
+                for shard, key, field, offset, size in audio_members
+                if field == FBANK_FIELD
+            ]
+            joined = set(join_keys([key for _, key, _ in samples], [key for key, _ in fbanks], *names).keys)
+            samples = [row for row in samples if row[1] in joined]
+            fbank_of = dict(fbanks)
         paths: dict[str, int] = {}
         keys, labels, vshard, ashard, fbank, meta, frame_lists = [], [], [], [], [], [], []
         for shard, key, label in samples:
@@ -93,8 +101,6 @@ class SampleRefs:
                     raise ValueError(f"sample {key!r} in {shard} has no {FBANK_FIELD} member")
                 apath, (aoff, asize) = shard, fields[FBANK_FIELD]
             else:
-                if key not in fbank_of:
-                    continue
                 apath, aoff, asize = fbank_of[key]
             frames = sorted((int(m.group(1)), rng) for f, rng in fields.items() if (m := FRAME_RE.match(f)))
             if not frames or [k for k, _ in frames] != list(range(len(frames))):
@@ -184,12 +190,9 @@ class IndexedShards(Dataset):
         return self._reader.read(self.refs.paths[shard], int(rng[0]), int(rng[1]))
 
     def _frame(self, i: int) -> int:
-        n = int(self.refs.num_frames[i])
-        if self.cfg.frame == "eval":
-            return eval_frame_index(n)
-        if self.cfg.frame == "random":
-            return random.Random(f"{self.cfg.seed}:{self.epoch}:{i}:frame").randrange(n)
-        return int(self.cfg.frame)
+        frame = self.cfg.frame
+        rng = random.Random(f"{self.cfg.seed}:{self.epoch}:{i}:frame") if frame == "random" else None
+        return frame_index(frame, int(self.refs.num_frames[i]), rng)
 
     def _mask_generator(self, i: int) -> torch.Generator | None:
         if not (self.cfg.freqm or self.cfg.timem):
@@ -236,11 +239,12 @@ class IndexedShards(Dataset):
         b, res = len(indices), cfg.im_res
         ring = part.get("ring")
         frames = self._ring.slot(*ring) if ring is not None else part.get("video")  # type: ignore[union-attr]
-        audio = self._out.get("audio", (b, cfg.target_length, 128))
+        audio = self._out.get("audio", (b, cfg.target_length, NUM_MEL_BINS))
         video = self._out.get("video", (b, 3, res, res))
         metadata = []
         for j, i in enumerate(indices):
-            fill_fbank(audio[j], load_fbank(self._fbank(i), cfg, self._mask_generator(i)))
+            fbank = load_fbank(self._fbank(i), cfg.target_length, cfg.freqm, cfg.timem, self._mask_generator(i))
+            fill_fbank(audio[j], fbank)
             fill_image(video[j], frames[j] if frames is not None else self._image(i))
             if cfg.with_metadata:
                 if refs.meta[i, 1] < 0:
@@ -354,21 +358,12 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
-class IndexedLoader:
-    """Iterable of batches over :class:`IndexedShards`; the same interface as the streaming ``BatchLoader``."""
+class IndexedLoader(Loader):
+    """The index mode's batches over :class:`IndexedShards` (see :class:`.loader.Loader`)."""
 
     def __init__(self, dataset: IndexedShards, batch_size: int, num_workers: int = 2, drop_last: bool = False):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        super().__init__(len(dataset), batch_size, num_workers, drop_last)
         self.dataset = dataset
-        self.num_samples = len(dataset)
-        self.batch_size = batch_size
-        self.num_workers = max(0, num_workers)
-        self.drop_last = drop_last
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the shuffling (and per-sample randomness) for another epoch (training)."""
-        self.dataset.epoch = epoch
 
     def order(self) -> list[int]:
         """Sample indices in reading order: manifest order, or a permutation seeded by (seed, epoch)."""
@@ -386,10 +381,6 @@ class IndexedLoader:
             out.pop()
         return out
 
-    def __len__(self) -> int:
-        full, rest = divmod(self.num_samples, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
-
     def __iter__(self) -> Iterator[dict[str, Any]]:
         batches = self.batches()
         workers = min(self.num_workers, len(batches))
@@ -399,14 +390,7 @@ class IndexedLoader:
             dataset = copy.copy(self.dataset)
             res = dataset.cfg.im_res
             dataset._ring = FrameRing(workers, prefetch + 2, (self.batch_size, 3, res, res))
-        loader = DataLoader(
-            dataset,
-            batch_sampler=batches,
-            num_workers=workers,
-            collate_fn=_identity,
-            prefetch_factor=prefetch if workers else None,
-            persistent_workers=False,
-        )
+        loader = self.data_loader(dataset, workers, prefetch, batch_sampler=batches, collate_fn=_identity)
         for part in loader:
             yield dataset.finish(part)
 

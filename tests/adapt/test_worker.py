@@ -157,7 +157,7 @@ def test_ray_fan_out_on_two_node_cluster(catalog, checkpoint, tmp_path, ray_clus
 def test_reference_batch_averaged_accuracy_and_both_tau(catalog, checkpoint, tmp_path):
     import torch
     from avtta.adapt.worker import AdaptationWorker
-    from avtta.shards import open_dataset
+    from avtta.manifests import open_dataset
 
     c = cfg(catalog, checkpoint, tmp_path / "r", protocol="video", corruptions=("fog",), methods=("source",))
     row = run_adaptation(c)[0]
@@ -177,7 +177,7 @@ def test_reference_batch_averaged_accuracy_and_both_tau(catalog, checkpoint, tmp
 
 
 def test_joining_sets_of_different_jobs_is_refused(tmp_path, small_videos):
-    from avtta.shards import open_dataset
+    from avtta.manifests import open_dataset
 
     common = dict(videos=str(small_videos), out=str(tmp_path), dataset="toy", frames=2, workers=0, progress=False)
     run_shard_job(ShardJobConfig(corrupt=("video:fog@5",), shard_size=4, **common))

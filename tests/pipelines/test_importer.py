@@ -108,7 +108,7 @@ def test_import_sample_real_clip_equals_reference(real_tree, reference_fbank):
 
 
 def test_run_import_real_clip_reads_back_as_reference(real_tree, tmp_path, reference_fbank):
-    from avtta.shards import open_dataset
+    from avtta.manifests import open_dataset
 
     clip, labels, lst = real_tree
     cfg = ImportConfig(

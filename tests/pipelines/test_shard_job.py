@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from avtta.manifests import Catalog
+from avtta.manifests import Catalog, open_dataset
 from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
 from avtta.pipelines.synth import truncate_file, write_random_bytes, write_test_video
-from avtta.shards import decode_sample, open_dataset
+from avtta.shards import decode_sample
 
 SPECS = ("none", "video:gaussian_noise@5", "audio:gaussian_noise@3")
 

@@ -10,12 +10,12 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from avtta.manifests import MEMBERS_FILE, Catalog
+from avtta.manifests import MEMBERS_FILE, Catalog, open_dataset
 from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
-from avtta.shards import ShardWriter, open_dataset
+from avtta.shards import ShardWriter
 from avtta.shards.index import MemberReader, scan_members
 from avtta.shards.indexed import OutputBuffers, npy_view
-from avtta.shards.reader import decode_rgb
+from avtta.shards.loader import decode_rgb
 from avtta.shards.schema import METADATA_FIELDS, Sample
 from PIL import Image, ImageFile
 

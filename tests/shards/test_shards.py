@@ -9,8 +9,10 @@ import pytest
 import torch
 import webdataset as wds
 from avtta.shards import SchemaError, ShardWriter, decode_sample
-from avtta.shards.reader import FBANK_MEAN, FBANK_STD, ReaderConfig, ShardStream, collate, image_transform
+from avtta.shards.loader import ReaderConfig, load_image
+from avtta.shards.reader import ShardStream, collate
 from avtta.shards.schema import METADATA_FIELDS, Sample
+from avtta.shards.transforms import FBANK_MEAN, FBANK_STD, fill_image
 from PIL import Image
 
 
@@ -18,6 +20,13 @@ def _jpeg(rng: np.random.Generator, size: int = 224) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=75)
     return buf.getvalue()
+
+
+def image_transform(jpeg: bytes, im_res: int) -> torch.Tensor:
+    """The CAV-MAE eval image transform as the readers apply it: decode, resize + crop, ToTensor + Normalize."""
+    out = torch.empty((3, im_res, im_res))
+    fill_image(out, load_image(jpeg, im_res))
+    return out
 
 
 def make_sample(key: str, seed: int = 0, frames: int = 3) -> Sample:
@@ -103,10 +112,10 @@ def test_reader_transforms_and_deterministic_shuffle(tmp_path):
         write_shard(tmp_path / f"shard-{j:06d}.tar", [make_sample(f"c{j}_{i}", 10 * j + i) for i in range(5)])
         for j in range(3)
     ]
-    cfg = ReaderConfig(seed=3, shuffle_buffer=4)
-    keys1 = [s["key"] for s in ShardStream(paths, cfg).iter_samples()]
-    keys2 = [s["key"] for s in ShardStream(paths, cfg).iter_samples()]
-    keys3 = [s["key"] for s in ShardStream(paths, ReaderConfig(seed=4, shuffle_buffer=4)).iter_samples()]
+    cfg = ReaderConfig(seed=3)
+    keys1 = [s["key"] for s in ShardStream(paths, cfg, shuffle_buffer=4).iter_samples()]
+    keys2 = [s["key"] for s in ShardStream(paths, cfg, shuffle_buffer=4).iter_samples()]
+    keys3 = [s["key"] for s in ShardStream(paths, ReaderConfig(seed=4), shuffle_buffer=4).iter_samples()]
     assert keys1 == keys2 and sorted(keys1) == sorted(keys3) and keys1 != keys3
     assert len(set(keys1)) == 15
     s = collate([next(ShardStream(paths[:1], ReaderConfig(shuffle=False)).iter_samples())])
@@ -160,7 +169,7 @@ def test_batches_do_not_depend_on_worker_count(tmp_path):
     ]
     orders = []
     for workers in (0, 1, 2, 3):
-        loader = BatchLoader(ShardStream(paths, ReaderConfig(seed=11, shuffle_buffer=6)), 20, 3, num_workers=workers)
+        loader = BatchLoader(ShardStream(paths, ReaderConfig(seed=11), shuffle_buffer=6), 20, 3, num_workers=workers)
         batches = list(loader)
         assert [len(b["key"]) for b in batches] == [3] * 6 + [2]
         orders.append([k for b in batches for k in b["key"]])

@@ -1,0 +1,173 @@
+"""Catalog-level selection: a shard set (or a joined pair of sets) of a catalog -> model-ready batches.
+
+This is where a selection meets the catalog: :func:`open_dataset` parses it (:func:`parse_selection`, one spec syntax
+with ``avtta.corruptions``), finds the sets, checks that two sets can be joined (:func:`check_joinable`) and hands
+shard paths plus index rows to one of the readers of :mod:`avtta.shards`, which know nothing of the catalog.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.compute as pc
+from avtta.corruptions import CorruptionSpec, format_spec
+from avtta.shards.indexed import IndexedLoader, IndexedShards, SampleRefs
+from avtta.shards.loader import ReaderConfig, join_keys, resolve_pin_memory
+from avtta.shards.reader import SHUFFLE_BUFFER, BatchLoader, ShardStream
+from avtta.shards.schema import FBANK_FIELD
+
+from .tables import Catalog, ShardSetInfo
+
+__all__ = ["check_joinable", "open_dataset", "parse_selection"]
+
+ACCESS_MODES = ("index", "stream")
+
+
+def parse_selection(corruption: str, modality: str | None = None, severity: int | None = None) -> tuple[str, str, int]:
+    """``"video:fog@5"`` / ``"clean"`` / a name with ``modality`` and ``severity`` -> (modality, name, severity).
+
+    Names outside the corruption registry are accepted (imported sets, joined pairs such as ``av:fog+rain@5``).
+    """
+    text = str(corruption)
+    if text not in ("clean", "none") and "@" not in text:  # a name (or modality:name) completed by the arguments
+        given, _, name = text.rpartition(":")
+        if not (given or modality) or severity is None:
+            raise ValueError(
+                f"corruption {corruption!r}: give it as 'modality:name@severity' or pass modality= and severity="
+            )
+        text = format_spec(given or modality, name, severity)
+    spec = CorruptionSpec.parse(text, strict=False)
+    return spec.modality, spec.name, spec.severity
+
+
+def check_joinable(cat: Catalog, video: ShardSetInfo, audio: ShardSetInfo) -> tuple[dict[str, str], dict[str, str]]:
+    """Check that two sets come from one job: every clip both hold sits in the same shard of each.
+
+    Returns:
+        the key -> shard file maps of the video and the audio set.
+    """
+    vshard = _key_shard(cat, video)
+    ashard = _key_shard(cat, audio)
+    moved = sorted(k for k in vshard.keys() & ashard.keys() if vshard[k] != ashard[k])
+    if moved:
+        raise ValueError(
+            f"{video.path} and {audio.path} cannot be joined: they were not made by one job "
+            f"(clip {moved[0]!r} is in {vshard[moved[0]]} and {ashard[moved[0]]})"
+        )
+    return vshard, ashard
+
+
+def open_dataset(
+    catalog: str | Path | Catalog,
+    dataset: str,
+    split: str = "test",
+    corruption: str | tuple[str, str] = "clean",
+    severity: int | None = None,
+    modality: str | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_workers: int = 2,
+    frame: str | int = "eval",
+    freqm: int = 0,
+    timem: int = 0,
+    shuffle_buffer: int | None = None,
+    drop_last: bool = False,
+    with_metadata: bool = False,
+    pin_memory: bool | None = None,
+    access: str = "index",
+) -> BatchLoader | IndexedLoader:
+    """Model-ready batches of a shard set selected from a catalog.
+
+    Args:
+        catalog: the output root of ``avtta shard`` / ``avtta import`` (or its ``catalog.parquet``, or a Catalog).
+        dataset, split: which data.
+        corruption: ``"clean"``, ``"video:fog@5"``, a name with ``modality``/``severity``, or a pair
+            ``("video:fog@5", "audio:rain@5")`` = frames from the first set, audio from the second (both corrupted),
+            joined by key: clips that failed in one set only are left out (and counted in a warning).
+        batch_size, seed, shuffle, num_workers, drop_last: loading; batches are exactly ``batch_size`` except the last.
+        frame: ``"eval"`` (frame 5, as READ/BriMPR), ``"random"`` (training) or an index.
+        freqm, timem: SpecAugment mask widths (training).
+        shuffle_buffer: stream mode only (default 1000): samples held by its buffer shuffle. The index mode draws a
+            full permutation and refuses the setting.
+        access: ``"index"`` (default): random access through the set's member index, a full seeded permutation
+            per epoch; DataLoader workers decode the frames, this process reads the fbanks and normalises.
+            ``"stream"``: webdataset's sequential tar iterators with a seeded buffer shuffle, for storage where only
+            sequential reads are cheap. Both give the same samples with identical tensors, in different orders.
+
+    Returns:
+        An :class:`~avtta.shards.IndexedLoader` (``access="index"``) or a :class:`~avtta.shards.BatchLoader`
+        (``"stream"``), yielding ``{"audio": [B,1024,128], "video": [B,3,224,224], "label": [B], "key": [...]}``.
+    """
+    if access not in ACCESS_MODES:
+        raise ValueError(f"access must be 'index' or 'stream', got {access!r}")
+    if access == "index" and shuffle_buffer is not None:
+        raise ValueError(
+            f"shuffle_buffer={shuffle_buffer!r} applies to access='stream' only: the index mode shuffles by a full "
+            "permutation"
+        )
+    cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
+    cfg = ReaderConfig(
+        frame=frame, freqm=freqm, timem=timem, shuffle=shuffle, seed=seed, with_metadata=with_metadata
+    )  # fmt: skip
+    buffer = SHUFFLE_BUFFER if shuffle_buffer is None else shuffle_buffer
+    if isinstance(corruption, (tuple, list)):
+        if len(corruption) != 2:
+            raise ValueError(f"a joined selection takes two corruptions (video, audio), got {corruption!r}")
+        vinfo = cat.get(dataset, split, *parse_selection(corruption[0]))
+        ainfo = cat.get(dataset, split, *parse_selection(corruption[1]))
+        vshard, ashard = check_joinable(cat, vinfo, ainfo)
+        if access == "index":
+            refs = SampleRefs.build(
+                _sample_rows(cat, vinfo),
+                _member_rows(cat, vinfo),
+                _member_rows(cat, ainfo, FBANK_FIELD),
+                names=(vinfo.path, ainfo.path),
+            )
+            return _indexed(refs, cfg, batch_size, num_workers, drop_last, pin_memory)
+        joined = join_keys(list(vshard), list(ashard), vinfo.path, ainfo.path)
+        # the shard pairs that hold the joined clips, in the video set's shard order (one job: the same file names)
+        pair_of = {vshard[k]: ashard[k] for k in joined.keys}
+        vpaths = [p for p in cat.shard_paths(vinfo) if p.name in pair_of]
+        apaths = [cat.root / ainfo.path / pair_of[p.name] for p in vpaths]
+        stream = ShardStream(vpaths, cfg, audio_paths=apaths, num_frames=vinfo.num_frames, shuffle_buffer=buffer)
+        return BatchLoader(stream, len(joined.keys), batch_size, num_workers, drop_last, pin_memory)
+    info = cat.get(dataset, split, *parse_selection(corruption, modality, severity))
+    if access == "index":
+        refs = SampleRefs.build(_sample_rows(cat, info), _member_rows(cat, info))
+        return _indexed(refs, cfg, batch_size, num_workers, drop_last, pin_memory)
+    stream = ShardStream(cat.shard_paths(info), cfg, num_frames=info.num_frames, shuffle_buffer=buffer)
+    return BatchLoader(stream, info.samples, batch_size, num_workers, drop_last, pin_memory)
+
+
+def _key_shard(cat: Catalog, info: ShardSetInfo) -> dict[str, str]:
+    """key -> shard file of a set's samples, in manifest (= writing) order."""
+    cols = cat.samples(info).select(["key", "shard"]).to_pydict()
+    return dict(zip(cols["key"], cols["shard"], strict=True))
+
+
+def _sample_rows(cat: Catalog, info: ShardSetInfo) -> list[tuple[str, str, int]]:
+    """(shard path, key, label) of a set's samples in manifest (= writing) order."""
+    cols = cat.samples(info).select(["shard", "key", "label"]).to_pydict()
+    folder = cat.root / info.path
+    return [(str(folder / s), k, lab) for s, k, lab in zip(cols["shard"], cols["key"], cols["label"], strict=True)]
+
+
+def _member_rows(cat: Catalog, info: ShardSetInfo, field: str | None = None) -> list[tuple[str, str, str, int, int]]:
+    """(shard path, key, field, offset, size) of a set's tar members (only ``field`` when given)."""
+    table = cat.members(info)
+    if field is not None:
+        table = table.filter(pc.equal(table["field"], field))
+    cols = table.to_pydict()
+    folder = cat.root / info.path
+    paths = {s: str(folder / s) for s in set(cols["shard"])}
+    return list(
+        zip([paths[s] for s in cols["shard"]], cols["key"], cols["field"], cols["offset"], cols["size"], strict=True)
+    )
+
+
+def _indexed(
+    refs: SampleRefs, cfg: ReaderConfig, batch_size: int, workers: int, drop_last: bool, pin: bool | None
+) -> IndexedLoader:
+    dataset = IndexedShards(refs, cfg, pin_memory=resolve_pin_memory(pin))
+    return IndexedLoader(dataset, batch_size, workers, drop_last)
