@@ -1,112 +1,180 @@
-"""The only Ray code of the pipelines: schedule chunk tasks on an embedded local Ray or an existing cluster.
+"""The one Ray layer: run tasks on a pool of worker objects, results in task order, one progress bar.
 
-* ``address=None`` and no ``RAY_ADDRESS``: ``ray.init()`` starts Ray inside this process, sized to ``workers``
-  (default: every CPU of the machine), and shuts it down afterwards.
-* ``address="host:port"`` (or ``RAY_ADDRESS``): connect to a running cluster (``ray start --head``); the same
-  tasks are spread over its nodes. Output paths must be visible to every node (a shared filesystem).
-* ``workers=0``: no Ray at all; chunks run one after another in this process (debugging, small jobs).
+:func:`run_tasks` knows nothing of shards or methods: a job hands it picklable tasks and ``make_worker``, a picklable
+callable that builds the object holding a process's expensive state (corruption assets, a model); every task runs
+as ``getattr(worker, call)(task)``.
 
-Each worker is an actor that processes whole chunks (one output shard per set), so expensive per-process state
-(corruption assets such as noise recordings or frost pictures, torch thread settings) is built once per worker.
+* ``workers=0``: no Ray at all; one worker in this process runs the tasks one after another (debugging, small jobs).
+* ``address=None`` and no ``RAY_ADDRESS``: an embedded local Ray started here (``address="local"``), sized to
+  ``workers`` (default: every CPU this process may use), bound to 127.0.0.1, and shut down afterwards. It is ours to
+  configure, so it is quiet: no dashboard, no worker output, no log lines between the progress bars; ``verbose``
+  (``avtta -v``) lets Ray's own output through.
+* ``address="host:port"`` (or ``RAY_ADDRESS``): connect to a running cluster (``ray start --head``); the tasks are
+  spread over its nodes. Output paths must be visible to every node (a shared filesystem).
+
+Each worker is an actor with ``num_cpus=1`` (or ``actor_options``, e.g. ``{"num_gpus": 1}``) whose torch runs one
+thread per CPU it holds: parallelism comes from the workers, and reductions give the same bits in every process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from avtta.shards.io import cpu_count
 from tqdm.auto import tqdm
+
+__all__ = ["FunctionWorker", "run_tasks"]
 
 log = logging.getLogger(__name__)
 
+# Environment of an embedded local Ray (set only while it starts and runs, and only where the user set nothing):
+# an explicit auth mode silences Ray's "Token authentication is enabled ..." notice (token mode stays on, as Ray's
+# default for new local clusters). The node IP (ray.init's _node_ip_address) pins the instance to loopback, so Ray
+# never probes 8.8.8.8:53 to guess an external address ("Failed to determine local IP ...").
+_LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "token"}
+_LOCAL_IP = "127.0.0.1"
 
-class _ChunkWorker:
-    """Holds per-process state; ``run`` processes one chunk task."""
+
+class FunctionWorker:
+    """A worker whose ``run(task)`` calls a plain function: ``make_worker=functools.partial(FunctionWorker, fn)``."""
 
     def __init__(self, fn: Callable[[Any], Any]):
-        import torch
-
-        torch.set_num_threads(1)  # one core per worker: parallelism comes from the workers
         self.fn = fn
 
     def run(self, task: Any) -> Any:
         return self.fn(task)
 
+
+class _Actor:
+    """The Ray actor around one worker object; the torch thread count follows the CPUs the actor holds."""
+
+    def __init__(self, make_worker: Callable[[], Any], call: str, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)  # one core per worker: parallelism comes from the workers
+        self.worker = make_worker()
+        self.call = call
+
     def run_indexed(self, index: int, task: Any) -> tuple[int, Any]:
-        return index, self.fn(task)
-
-
-def _local_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
+        return index, getattr(self.worker, self.call)(task)
 
 
 def run_tasks(
     tasks: Sequence[Any],
     *,
+    make_worker: Callable[[], Any],
+    call: str = "run",
     workers: int | None = None,
     address: str | None = None,
     progress: bool = True,
-    fn: Callable[[Any], Any] | None = None,
-    unit_of: Callable[[Any], int] = lambda t: len(t.clips),
-    desc: str = "clips",
+    desc: str = "",
+    unit_of: Callable[[Any], int] = lambda t: 1,
+    actor_options: dict[str, Any] | None = None,
+    verbose: bool = False,
 ) -> list[Any]:
-    """Run ``fn`` (default: ``shard_job.process_chunk``) over ``tasks``; return the results in task order."""
-    if fn is None:
-        from .shard_job import process_chunk
+    """Run ``getattr(make_worker(), call)(task)`` for every task; return the results in task order.
 
-        fn = process_chunk
-    total = sum(unit_of(t) for t in tasks)
-    bar = tqdm(total=total, unit=desc.split()[0], desc=desc, disable=not progress or not tasks, dynamic_ncols=True)
-    results: dict[int, Any] = {}
-    try:
+    Args:
+        tasks: picklable task objects.
+        make_worker: picklable callable building one worker object per process (e.g. ``partial(Cls, cfg)``).
+        call: the worker method that takes one task.
+        workers: number of worker processes (None: every CPU of the embedded Ray or of the cluster; 0: in-process).
+        address: a Ray cluster to join (default: ``RAY_ADDRESS``, else an embedded local Ray).
+        progress: show one tqdm bar advanced by ``unit_of(task)`` per finished task.
+        desc: the bar's label; its first word is the unit.
+        unit_of: how much progress a task is worth (e.g. its number of clips).
+        actor_options: Ray actor resources (default ``{"num_cpus": 1}``; e.g. ``{"num_gpus": 1}``).
+        verbose: let the embedded Ray's own output (logs, worker prints) through.
+    """
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    tasks = list(tasks)
+    unit = desc.split()[0] if desc else "it"
+    with tqdm(
+        total=sum(unit_of(t) for t in tasks),
+        unit=unit,
+        desc=desc or None,
+        disable=not progress or not tasks,
+        dynamic_ncols=True,
+    ) as bar:
         if not tasks:
             return []
         if workers == 0:
-            worker = _ChunkWorker(fn)
-            for i, task in enumerate(tasks):
-                results[i] = worker.run(task)
+            worker = make_worker()
+            results = []
+            for task in tasks:
+                results.append(getattr(worker, call)(task))
                 bar.update(unit_of(task))
-            return [results[i] for i in range(len(tasks))]
-        return _run_ray(tasks, fn, workers=workers, address=address, bar=bar, unit_of=unit_of)
+            return results
+        return _run_ray(tasks, make_worker, call, workers, address, bar, unit_of, actor_options or {}, verbose)
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    """Set the environment variables the user has not set, restoring them afterwards."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
     finally:
-        bar.close()
+        for k in added:
+            os.environ.pop(k, None)
 
 
-def _run_ray(tasks, fn, *, workers, address, bar, unit_of) -> list[Any]:
+@contextlib.contextmanager
+def _ray_session(address: str | None, num_cpus: int, verbose: bool) -> Iterator[str]:
+    """Join the given cluster, or start (and afterwards stop) a quiet embedded local Ray; yields its description."""
+    import ray
+
+    if ray.is_initialized():  # the caller's own Ray session (tests, notebooks): use it as it is
+        yield "the running Ray session"
+        return
+    quiet = {"include_dashboard": False, "log_to_driver": verbose}
+    if not verbose:
+        quiet["logging_level"] = logging.ERROR
+    if address:
+        ray.init(address=address, **quiet)
+        try:
+            yield address
+        finally:
+            ray.shutdown()
+        return
+    with _env(_LOCAL_RAY_ENV):
+        # "local" forces a new embedded instance (plain ray.init() would join any cluster found in /tmp/ray)
+        ray.init(address="local", num_cpus=num_cpus, _node_ip_address=_LOCAL_IP, **quiet)
+        try:
+            yield "embedded local Ray"
+        finally:
+            ray.shutdown()
+
+
+def _run_ray(tasks, make_worker, call, workers, address, bar, unit_of, actor_options, verbose) -> list[Any]:
     import ray
     from ray.util import ActorPool
 
     address = address or os.environ.get("RAY_ADDRESS") or None
-    started_here = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING}
-        if address:
-            kwargs["address"] = address
-        else:
-            # "local" forces a new embedded instance (plain ray.init() would join any cluster found in /tmp/ray)
-            kwargs["address"] = "local"
-            kwargs["num_cpus"] = workers or _local_cpus()
-        ray.init(**kwargs)
-        started_here = True
-    try:
+    with _ray_session(address, workers or cpu_count(), verbose) as where:
+        options = {"num_cpus": 1, **actor_options}
         cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
-        n = max(1, min(workers or cluster_cpus, cluster_cpus, len(tasks)))
-        log.info("Ray: %d workers on %d CPUs (%s)", n, cluster_cpus, address or "embedded local Ray")
-        actor_cls = ray.remote(num_cpus=1)(_ChunkWorker)
-        actors = [actor_cls.remote(fn) for _ in range(n)]
-        pool = ActorPool(actors)
-        results: dict[int, Any] = {}
-        for i, res in pool.map_unordered(lambda actor, item: actor.run_indexed.remote(*item), enumerate(tasks)):
-            results[i] = res
-            bar.update(unit_of(tasks[i]))
-        for a in actors:
-            ray.kill(a)
-        return [results[i] for i in range(len(tasks))]
-    finally:
-        if started_here:
-            ray.shutdown()
+        per_actor = max(1, int(options["num_cpus"] or 1))
+        cap = max(1, cluster_cpus // per_actor)
+        if options.get("num_gpus"):
+            cap = min(cap, max(1, int(ray.cluster_resources().get("GPU", 0) // options["num_gpus"])))
+        n = max(1, min(workers or cap, cap, len(tasks)))
+        log.info("Ray: %d workers on %d CPUs (%s)", n, cluster_cpus, where)
+        actor_cls = ray.remote(**options)(_Actor)
+        actors = [actor_cls.remote(make_worker, call, per_actor) for _ in range(n)]
+        try:
+            pool = ActorPool(actors)
+            results: dict[int, Any] = {}
+            for i, res in pool.map_unordered(lambda actor, item: actor.run_indexed.remote(*item), enumerate(tasks)):
+                results[i] = res
+                bar.update(unit_of(tasks[i]))
+            return [results[i] for i in range(len(tasks))]
+        finally:
+            for a in actors:
+                ray.kill(a)
