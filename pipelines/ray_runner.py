@@ -31,12 +31,14 @@ __all__ = ["FunctionWorker", "run_tasks"]
 
 log = logging.getLogger(__name__)
 
-# Environment of an embedded local Ray (set only while it starts and runs, and only where the user set nothing):
-# an explicit auth mode silences Ray's "Token authentication is enabled ..." notice (token mode stays on, as Ray's
-# default for new local clusters). The node IP (ray.init's _node_ip_address) pins the instance to loopback, so Ray
-# never probes 8.8.8.8:53 to guess an external address ("Failed to determine local IP ...").
-_LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "token"}
-_LOCAL_IP = "127.0.0.1"
+# Environment of an embedded local Ray, set before Ray is imported (its constants are read at import) and only
+# where the user set nothing:
+# * RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 turns off Ray's "cluster" address discovery (ray_constants.ENABLE_RAY_CLUSTER,
+#   which only decides how the node IP is found): the node IP is then 127.0.0.1, as Ray does for its local-only
+#   instances, and Ray never probes 8.8.8.8:53 ("Failed to determine local IP via external connectivity ...").
+# * RAY_AUTH_MODE: an explicit mode silences "Token authentication is enabled for this Ray cluster ...". The
+#   instance serves this process only, on loopback, for one job: "disabled", as in the test suite.
+_LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 class FunctionWorker:
@@ -128,36 +130,29 @@ def _env(values: dict[str, str]) -> Iterator[None]:
 @contextlib.contextmanager
 def _ray_session(address: str | None, num_cpus: int, verbose: bool) -> Iterator[str]:
     """Join the given cluster, or start (and afterwards stop) a quiet embedded local Ray; yields its description."""
-    import ray
+    with contextlib.ExitStack() as stack:
+        if not address:
+            stack.enter_context(_env(_LOCAL_RAY_ENV))
+        import ray
 
-    if ray.is_initialized():  # the caller's own Ray session (tests, notebooks): use it as it is
-        yield "the running Ray session"
-        return
-    quiet = {"include_dashboard": False, "log_to_driver": verbose}
-    if not verbose:
-        quiet["logging_level"] = logging.ERROR
-    if address:
-        ray.init(address=address, **quiet)
-        try:
-            yield address
-        finally:
-            ray.shutdown()
-        return
-    with _env(_LOCAL_RAY_ENV):
+        if ray.is_initialized():  # the caller's own Ray session (tests, notebooks): use it as it is
+            yield "the running Ray session"
+            return
+        quiet: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose}
+        if not verbose:
+            quiet["logging_level"] = logging.ERROR
         # "local" forces a new embedded instance (plain ray.init() would join any cluster found in /tmp/ray)
-        ray.init(address="local", num_cpus=num_cpus, _node_ip_address=_LOCAL_IP, **quiet)
-        try:
-            yield "embedded local Ray"
-        finally:
-            ray.shutdown()
+        ray.init(address=address or "local", **({} if address else {"num_cpus": num_cpus}), **quiet)
+        stack.callback(ray.shutdown)
+        yield address or "embedded local Ray"
 
 
 def _run_ray(tasks, make_worker, call, workers, address, bar, unit_of, actor_options, verbose) -> list[Any]:
-    import ray
-    from ray.util import ActorPool
-
     address = address or os.environ.get("RAY_ADDRESS") or None
     with _ray_session(address, workers or cpu_count(), verbose) as where:
+        import ray  # after _ray_session: the embedded instance's environment must be set before Ray is imported
+        from ray.util import ActorPool
+
         options = {"num_cpus": 1, **actor_options}
         cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
         per_actor = max(1, int(options["num_cpus"] or 1))
@@ -165,7 +160,7 @@ def _run_ray(tasks, make_worker, call, workers, address, bar, unit_of, actor_opt
         if options.get("num_gpus"):
             cap = min(cap, max(1, int(ray.cluster_resources().get("GPU", 0) // options["num_gpus"])))
         n = max(1, min(workers or cap, cap, len(tasks)))
-        log.info("Ray: %d workers on %d CPUs (%s)", n, cluster_cpus, where)
+        log.debug("Ray: %d workers on %d CPUs (%s)", n, cluster_cpus, where)  # -v: between the bars otherwise
         actor_cls = ray.remote(**options)(_Actor)
         actors = [actor_cls.remote(make_worker, call, per_actor) for _ in range(n)]
         try:
