@@ -56,7 +56,6 @@ from avtta import manifests
 
 from . import setjob
 from .features import compute_fbank
-from .ray_runner import FunctionWorker, run_tasks
 from .setjob import ChunkOutput, SampleFailure, SetTarget, encode_flac, failure_row
 
 __all__ = [
@@ -241,6 +240,16 @@ def parse_corruption(text: str) -> tuple[str, str, int]:
     return spec.modality, spec.name, spec.severity
 
 
+def _unique_sets(sets: list[ImportSet]) -> list[ImportSet]:
+    """``sets``, or a ValueError naming the two lists that define the same set."""
+    seen: dict[tuple, str] = {}
+    for s in sets:
+        if s.relpath_parts in seen:
+            raise ValueError(f"{s.origin} and {seen[s.relpath_parts]} both define the set {s.split}/{s.spec}")
+        seen[s.relpath_parts] = s.origin
+    return sets
+
+
 def discover_json_sets(
     path: str | Path,
     *,
@@ -293,12 +302,7 @@ def discover_json_sets(
             f"--json {path}: no lists in the reference layout (clean/severity_0.json, video/<c>/severity_<s>.json, "
             "audio/<c>/severity_<s>.json)"
         )
-    seen: dict[tuple, str] = {}
-    for s in sets:
-        if s.relpath_parts in seen:
-            raise ValueError(f"{s.origin} and {seen[s.relpath_parts]} both define the set {s.split}/{s.spec}")
-        seen[s.relpath_parts] = s.origin
-    return sets
+    return _unique_sets(sets)
 
 
 def plain_set(
@@ -578,12 +582,7 @@ def _collect_sets(cfg: ImportConfig) -> list[ImportSet]:
             sets += discover_json_sets(
                 item, split=cfg.split, corruption=cfg.corruption, path_map=path_map, include_both=cfg.include_both
             )
-        seen: dict[tuple, str] = {}
-        for s in sets:
-            if s.relpath_parts in seen:
-                raise ValueError(f"{s.origin} and {seen[s.relpath_parts]} both define the set {s.split}/{s.spec}")
-            seen[s.relpath_parts] = s.origin
-        return sets
+        return _unique_sets(sets)
     return [
         plain_set(cfg.audio_dir, cfg.frames_dir, cfg.list_csv, split=cfg.split, corruption=cfg.corruption or "clean")
     ]
@@ -676,16 +675,7 @@ def run_import(cfg: ImportConfig) -> ImportSummary:
     log.info(
         "%d sets, %d entries, %d chunks (%d to do)", len(sets), sum(len(s.entries) for s in sets), len(tasks), len(todo)
     )
-    run_tasks(
-        todo,
-        make_worker=functools.partial(FunctionWorker, process_import_task),
-        workers=cfg.workers,
-        address=cfg.ray_address,
-        progress=cfg.progress,
-        desc="samples imported",
-        unit_of=lambda t: len(t.entries),
-        verbose=cfg.verbose,
-    )
+    setjob.run_chunks(process_import_task, todo, cfg, desc="samples imported", unit_of=lambda t: len(t.entries))
     infos = []
     ok = failed = 0
     for s in sets:

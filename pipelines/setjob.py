@@ -21,10 +21,11 @@ both jobs share live here too.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def check_names(**names: str) -> None:
 
 
 def check_min(**values: int | None) -> None:
-    """Each ``name=(value, minimum)``... given as ``name=value`` with its bound in the name's table below."""
+    """Check option lower bounds (``frames``, ``frame_size``, ``shard_size``, ``workers``); None passes."""
     for name, value in values.items():
         bound = _MINIMA[name]
         if value is not None and value < bound:
@@ -272,6 +273,25 @@ def complete_set(
     )
     write_json(info.to_json(), set_dir / SET_FILE)
     return info, shards, failures
+
+
+def run_chunks(fn: Callable[[Any], Any], tasks: Sequence[Any], cfg: Any, *, desc: str, unit_of: Callable) -> list:
+    """Run ``fn`` over the chunk tasks with :func:`~.ray_runner.run_tasks`, as the job config says.
+
+    ``cfg`` carries ``workers``, ``ray_address``, ``progress`` and ``verbose`` (``ShardJobConfig``, ``ImportConfig``).
+    """
+    from .ray_runner import FunctionWorker, run_tasks
+
+    return run_tasks(
+        tasks,
+        make_worker=functools.partial(FunctionWorker, fn),
+        workers=cfg.workers,
+        address=cfg.ray_address,
+        progress=cfg.progress,
+        desc=desc,
+        unit_of=unit_of,
+        verbose=cfg.verbose,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

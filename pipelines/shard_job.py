@@ -15,7 +15,6 @@ parts, fingerprints, resume checks, failure rows and set tables are :mod:`.setjo
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import time
@@ -31,7 +30,6 @@ from PIL import Image
 
 from . import setjob
 from .inputs import ClipInput, list_inputs
-from .ray_runner import FunctionWorker, run_tasks
 from .setjob import ChunkOutput, SetTarget, encode_flac, failure_row, json_safe
 
 log = logging.getLogger(__name__)
@@ -281,16 +279,7 @@ def run_shard_job(cfg: ShardJobConfig) -> JobSummary:
         len(targets),
         len(todo),
     )
-    reports = run_tasks(
-        todo,
-        make_worker=functools.partial(FunctionWorker, process_chunk),
-        workers=cfg.workers,
-        address=cfg.ray_address,
-        progress=cfg.progress,
-        desc="clips",
-        unit_of=lambda t: len(t.clips),
-        verbose=cfg.verbose,
-    )
+    reports = setjob.run_chunks(process_chunk, todo, cfg, desc="clips", unit_of=lambda t: len(t.clips))
     options = {k: v for k, v in asdict(cfg.options).items() if v not in (None, False)}
     infos, failed_paths = [], set()
     for spec, target in targets:

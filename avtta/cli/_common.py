@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -107,3 +108,26 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="parallel workers (none: all CPUs; 0: no Ray, in-process)")
     p.add_argument("--ray-address", help="run on an existing Ray cluster (none: RAY_ADDRESS or an embedded Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def print_set_summary(summary: Any, out: str, *, what: str, name: Callable[[Any], str]) -> None:
+    """Print the table of the sets a job wrote and its one-line summary; warn where the failure reasons are.
+
+    Args:
+        summary: the job's summary (``sets`` of ``ShardSetInfo``, ``failed``, ``format()``).
+        out: the output root.
+        what: what failed, plural ("clips", "entries").
+        name: a set's label in the table.
+    """
+    from avtta.manifests import format_table
+
+    rows = [
+        dict(set=name(s), samples=s.samples, failures=s.failures, shards=s.shards, MB=round(s.bytes / 1e6, 1))
+        for s in summary.sets
+    ]
+    print(format_table(rows))
+    print(summary.format())
+    if summary.failed:
+        logging.getLogger("avtta").warning(
+            "%d %s failed; reasons in %s/<set>/failures.parquet", summary.failed, what, out
+        )

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from ._common import add_ray_arguments, config_from_args, config_parser_kwargs
+from ._common import add_ray_arguments, config_from_args, config_parser_kwargs, print_set_summary
 
 
 def _frame_list(text: str) -> tuple[int, ...]:
@@ -79,25 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avtta.manifests import format_table
     from avtta.pipelines.importer import ImportConfig, run_import
 
     cfg = config_from_args(ImportConfig, args, json=tuple, path_map=tuple)
     summary = run_import(cfg)
-    rows = [
-        {
-            "set": f"{s.split}/{s.spec}",
-            "samples": s.samples,
-            "failures": s.failures,
-            "shards": s.shards,
-            "MB": round(s.bytes / 1e6, 1),
-        }
-        for s in summary.sets
-    ]
-    print(format_table(rows))
-    print(summary.format())
-    if summary.failed:
-        logging.getLogger("avtta").warning(
-            "%d entries failed; reasons in %s/<set>/failures.parquet", summary.failed, args.out
-        )
+    print_set_summary(summary, args.out, what="entries", name=lambda s: f"{s.split}/{s.spec}")
     return 0

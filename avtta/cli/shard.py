@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from ._common import add_ray_arguments, config_from_args, config_parser_kwargs
+from ._common import add_ray_arguments, config_from_args, config_parser_kwargs, print_set_summary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,19 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avtta.manifests import format_table
     from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
 
     cfg = config_from_args(ShardJobConfig, args, corrupt=tuple)
     summary = run_shard_job(cfg)
-    rows = [
-        {"set": s.spec, "samples": s.samples, "failures": s.failures, "shards": s.shards, "MB": round(s.bytes / 1e6, 1)}
-        for s in summary.sets
-    ]
-    print(format_table(rows))
-    print(summary.format())
-    if summary.failed:
-        logging.getLogger("avtta").warning(
-            "%d clips failed; reasons in %s/<set>/failures.parquet", summary.failed, args.out
-        )
+    print_set_summary(summary, args.out, what="clips", name=lambda s: s.spec)
     return 0
