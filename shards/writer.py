@@ -88,4 +88,3 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
-

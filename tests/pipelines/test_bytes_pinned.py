@@ -75,6 +75,8 @@ def check_pinned(found: dict[str, str], pinned: dict[str, str]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # the shard job
 
+SMALL_JOB = {"shard_size": 2, "waveform": True, "workers": 0, "progress": False}  # both jobs: 2 shards per set
+
 
 def _shard_job(root: Path) -> Path:
     videos = root / "videos"
@@ -90,11 +92,8 @@ def _shard_job(root: Path) -> Path:
         corrupt=("none", "video:gaussian_noise@3", "audio:gaussian_noise@2"),
         frames=3,
         frame_size=32,
-        shard_size=2,
         seed=11,
-        waveform=True,
-        workers=0,
-        progress=False,
+        **SMALL_JOB,
     )
     summary = run_shard_job(cfg)
     assert summary.ok == 3 and summary.failed == 0
@@ -184,10 +183,7 @@ def _import(root: Path, monkeypatch) -> Path:
         labels="labels.csv",
         json=("json",),
         frames=(0, 2),
-        shard_size=2,
-        waveform=True,
-        workers=0,
-        progress=False,
+        **SMALL_JOB,
     )
     summary = run_import(cfg)
     assert summary.ok == 6 and summary.failed == 1
