@@ -128,7 +128,7 @@ def _pick_workers(workers: int | None) -> int:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         return workers
-    from avtta.pipelines.shard_job import cpu_count
+    from avtta.shards.io import cpu_count
 
     return cpu_count()
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -28,7 +27,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from avtta.shards.schema import SCHEMA_VERSION
+from avtta.shards.io import atomic_path, atomic_write
+from avtta.shards.schema import SAMPLES_SCHEMA, SCHEMA_VERSION
 
 CATALOG_FILE = "catalog.parquet"
 SET_FILE = "set.json"
@@ -38,22 +38,6 @@ FAILURES_FILE = "failures.parquet"
 MEMBERS_FILE = "members.parquet"
 CLASSES_FILE = "classes.csv"
 
-SAMPLES_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("video_id", pa.string()),
-        ("source", pa.string()),
-        ("label", pa.int32()),
-        ("labels", pa.list_(pa.int32())),
-        ("shard", pa.string()),
-        ("corruption", pa.string()),
-        ("severity", pa.int32()),
-        ("params", pa.string()),  # JSON of the sampled corruption parameters
-        ("fps", pa.float64()),
-        ("duration", pa.float64()),
-        ("missing", pa.string()),  # comma-separated filled modalities ("" when none)
-    ]
-)
 SHARDS_SCHEMA = pa.schema(
     [("file", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()), ("sha256", pa.string())]
 )
@@ -112,28 +96,18 @@ def set_relpath(dataset: str, split: str, modality: str, corruption: str, severi
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+# atomic writes (avtta.shards.io: temporary name, fsync, rename)
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:
-    """Write a Parquet file atomically (temp name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    """Write a Parquet file atomically (zstd)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def write_json(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write ``obj`` as indented, key-sorted JSON atomically."""
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -188,16 +162,15 @@ def write_set_tables(set_dir: str | Path, parts: Iterable[dict[str, Any]]) -> tu
 
 
 def write_classes(path: str | Path, names: Sequence[tuple[str, str]]) -> None:
-    """Write ``index,mid,display_name`` rows (the reference label CSV format)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    with open(tmp, "w", newline="") as fh:
+    """Write ``index,mid,display_name`` rows (the reference label CSV format) atomically."""
+
+    def rows(fh) -> None:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["index", "mid", "display_name"])
         for i, (mid, display) in enumerate(names):
             w.writerow([i, mid, display])
-    os.replace(tmp, path)
+
+    atomic_write(path, rows, text=True)
 
 
 def read_label_csv(path: str | Path) -> list[tuple[str, str]]:

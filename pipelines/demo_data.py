@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from avtta.shards.io import atomic_path, atomic_write, cpu_count, is_temp_name
 
 __all__ = [
     "AUDIO_PATTERNS",
@@ -384,6 +385,7 @@ def _write_clip(args: tuple[DemoConfig, str, int, int, str]) -> dict:
     path = Path(root) / split / mid / f"{vid}.mp4"
     frames, wave, params = render_clip(cfg, split, index, label)
     if not path.exists():
+        # not atomic_path: the temporary must keep its .mp4 suffix, from which PyAV picks the container
         tmp = path.with_name(f".{vid}.tmp-{os.getpid()}.mp4")
         write_video(tmp, frames, cfg.fps, wave, cfg.audio_rate)
         os.replace(tmp, path)
@@ -398,13 +400,6 @@ def _write_clip(args: tuple[DemoConfig, str, int, int, str]) -> dict:
         "audio": params["audio"],
         "params": json.dumps({"video": params["video_params"], "audio": params["audio_params"]}, sort_keys=True),
     }
-
-
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def generate_demo_dataset(
@@ -467,14 +462,15 @@ def generate_demo_dataset(
         for mid, _ in classes:
             folder = root / split / mid
             folder.mkdir(parents=True, exist_ok=True)
-            for stale in folder.glob(".*.tmp-*"):  # left by a killed run, never under a final name
-                stale.unlink(missing_ok=True)
+            for stale in folder.iterdir():  # left by a killed run, never under a final name
+                if is_temp_name(stale.name):
+                    stale.unlink(missing_ok=True)
     jobs = [
         (cfg, split, i, int(label), str(root))
         for split, n in (("train", train), ("test", test))
         for i, label in enumerate(_split_labels(cfg, split, n))
     ]
-    workers = _default_workers() if workers is None else workers
+    workers = cpu_count() if workers is None else workers
     if workers <= 1 or len(jobs) < 8:
         rows = [_write_clip(job) for job in jobs]
     else:
@@ -485,15 +481,18 @@ def generate_demo_dataset(
         with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             rows = list(pool.map(_write_clip, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
 
-    with open(result.labels, "w", newline="", encoding="utf-8") as fh:
+    def label_rows(fh) -> None:
         writer = csv.writer(fh)
         writer.writerow(["index", "mid", "display_name"])
         for i, (mid, name) in enumerate(classes):
             writer.writerow([i, mid, name])
+
+    atomic_write(result.labels, label_rows, text=True)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pylist(rows), result.clips)
+    with atomic_path(result.clips) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
     seconds_taken = time.perf_counter() - t0
     summary = {
         "config": asdict(cfg),
@@ -504,9 +503,7 @@ def generate_demo_dataset(
         "clips": {"train": train, "test": test},
         "seconds": round(seconds_taken, 2),
     }
-    tmp = done.with_name(f".{DATASET_FILE}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, done)
+    atomic_write(done, json.dumps(summary, indent=2))
     log.info(
         "wrote %d demo clips to %s in %.1f s (%.1f clips/s)",
         len(jobs),

@@ -28,12 +28,14 @@ Layouts:
 Paths inside JSON lists are often absolute paths of the machine that made them: ``path_map`` rewrites prefixes
 (``OLD=NEW``); relative paths are relative to the list file. Work is split into chunks (one shard per chunk and
 set) that run on Ray through :func:`avtta.pipelines.ray_runner.run_tasks`, with durable per-chunk parts, so a killed
-import resumes.
+import resumes. This module is only the import's policy (which entries a set has, how one entry becomes a sample);
+parts, fingerprints, resume checks, failure rows and set tables are :mod:`.setjob`'s.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -46,22 +48,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from avtta.manifests import (
-    SET_FILE,
-    ShardSetInfo,
-    part_members,
-    read_label_csv,
-    set_relpath,
-    write_catalog,
-    write_json,
-    write_set_tables,
-)
-from avtta.shards.schema import SCHEMA_VERSION, Sample, sanitize_key
-from avtta.shards.writer import ShardWriter
+from avtta.corruptions import CorruptionSpec, format_spec
+from avtta.manifests import ShardSetInfo, set_relpath, write_catalog
+from avtta.shards.schema import SCHEMA_VERSION, Sample, SampleRecord, sanitize_key
 
 from avtta import manifests
 
+from . import setjob
 from .features import compute_fbank
+from .setjob import ChunkOutput, SampleFailure, SetTarget, encode_flac, failure_row
 
 __all__ = [
     "ImportConfig",
@@ -81,11 +76,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_FRAMES = tuple(range(10))
-PARTS_DIR = "_parts"
 SOURCE_NAME = "avtta import"
 
 
-class ImportFailure(Exception):
+class ImportFailure(SampleFailure):
     """One entry cannot be imported; ``reason`` says why (it becomes the failure row's reason)."""
 
     def __init__(self, reason: str):
@@ -209,7 +203,7 @@ class ImportSet:
 
     @property
     def spec(self) -> str:
-        return "clean" if self.modality == "clean" else f"{self.modality}:{self.name}@{self.severity}"
+        return format_spec(self.modality, self.name, self.severity)
 
     @property
     def relpath_parts(self) -> tuple[str, str, str, int]:
@@ -236,13 +230,24 @@ def _spec_from_layout(rel: Path, split: str) -> tuple[str, str, str, int] | None
 
 
 def parse_corruption(text: str) -> tuple[str, str, int]:
-    """``clean`` / ``video:fog@5`` / ``audio:rain@3`` / ``av:NAME@S`` -> (modality, name, severity)."""
-    if text in ("clean", "none"):
-        return "clean", "clean", 0
-    m = re.match(r"^(video|audio|av):([^@/]+)@(\d+)$", text)
-    if not m:
-        raise ValueError(f"corruption {text!r}: expected clean or MODALITY:NAME@SEVERITY (e.g. video:fog@5)")
-    return m.group(1), m.group(2), int(m.group(3))
+    """``clean`` / ``video:fog@5`` / ``audio:rain@3`` / ``av:NAME@S`` -> (modality, name, severity).
+
+    Published names are kept as they are (``CorruptionSpec.parse(strict=False)``); only the modality is checked.
+    """
+    spec = CorruptionSpec.parse(text, strict=False)
+    if spec.modality not in ("clean", "video", "audio", "av"):
+        raise ValueError(f"corruption {text!r}: expected clean or MODALITY:NAME@SEVERITY with MODALITY video/audio/av")
+    return spec.modality, spec.name, spec.severity
+
+
+def _unique_sets(sets: list[ImportSet]) -> list[ImportSet]:
+    """``sets``, or a ValueError naming the two lists that define the same set."""
+    seen: dict[tuple, str] = {}
+    for s in sets:
+        if s.relpath_parts in seen:
+            raise ValueError(f"{s.origin} and {seen[s.relpath_parts]} both define the set {s.split}/{s.spec}")
+        seen[s.relpath_parts] = s.origin
+    return sets
 
 
 def discover_json_sets(
@@ -297,12 +302,7 @@ def discover_json_sets(
             f"--json {path}: no lists in the reference layout (clean/severity_0.json, video/<c>/severity_<s>.json, "
             "audio/<c>/severity_<s>.json)"
         )
-    seen: dict[tuple, str] = {}
-    for s in sets:
-        if s.relpath_parts in seen:
-            raise ValueError(f"{s.origin} and {seen[s.relpath_parts]} both define the set {s.split}/{s.spec}")
-        seen[s.relpath_parts] = s.origin
-    return sets
+    return _unique_sets(sets)
 
 
 def plain_set(
@@ -344,10 +344,10 @@ def plain_set(
 
 @dataclass(frozen=True)
 class ImportedSample:
-    """What :func:`import_sample` makes: the shard sample and its ``samples.parquet`` row (without ``shard``)."""
+    """What :func:`import_sample` makes: the shard sample and its record (``record.row(shard)`` is its manifest row)."""
 
     sample: Sample
-    row: dict[str, Any]
+    record: SampleRecord
 
 
 def _read_wav(path: str) -> tuple[np.ndarray, int, dict[str, Any]]:
@@ -388,16 +388,6 @@ def _read_frame(path: Path) -> tuple[bytes, tuple[int, int]]:
         # The reference loader's Normalize breaks on it and the sample silently becomes a constant (item 24).
         raise ImportFailure(f"frame is not an RGB JPEG (mode {mode}): {path}")
     return data, size
-
-
-def _encode_flac(wav: np.ndarray, sample_rate: int) -> bytes:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    # PCM16 WAV values are k / 32768, so this is lossless for them; other subtypes are rounded to 16 bit.
-    pcm = np.clip(np.round(wav.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
-    sf.write(buf, pcm, sample_rate, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def import_sample(
@@ -441,7 +431,6 @@ def import_sample(
     except (ValueError, TypeError) as err:
         raise ImportFailure(f"fbank failed for {entry.wav}: {err}") from None
     duration = wav.shape[0] / sr
-    spec = "clean" if modality == "clean" else f"{modality}:{name}@{severity}"
     provenance = {
         "list": entry.origin,
         "wav": entry.wav,
@@ -454,46 +443,24 @@ def import_sample(
     }
     if wav.shape[0] < int(sr * 0.025):
         provenance["note"] = "wav shorter than one fbank window: zero-padded to one window (reference: 0.01 fallback)"
-    meta = {
-        "schema_version": SCHEMA_VERSION,
-        "key": key,
-        "video_id": entry.video_id,
-        "source": entry.origin,
-        "labels": list(ids),
-        "label_names": list(names),
-        "corruption": spec,
-        "severity": severity,
-        "params": {},
-        "seed": 0,
-        "fps": 0.0,
-        "duration": round(float(duration), 6),
-        "sample_rate": sr,
-        "num_frames": len(jpegs),
-        "missing": [],
-        "import": provenance,
-    }
-    sample = Sample(
+    record = SampleRecord(
         key=key,
-        fbank=fbank,
-        frames=jpegs,
-        label=min(ids),
-        metadata=meta,
-        waveform_flac=_encode_flac(wav, sr) if waveform else None,
+        video_id=entry.video_id,
+        source=entry.origin,
+        labels=tuple(ids),
+        label_names=tuple(names),
+        corruption=format_spec(modality, name, severity),
+        severity=severity,
+        params={},
+        seed=0,
+        fps=0.0,
+        duration=float(duration),
+        sample_rate=sr,
+        num_frames=len(jpegs),
+        extra={"import": provenance},
     )
-    row = {
-        "key": key,
-        "video_id": entry.video_id,
-        "source": entry.origin,
-        "label": min(ids),
-        "labels": list(ids),
-        "corruption": spec,
-        "severity": severity,
-        "params": "{}",
-        "fps": 0.0,
-        "duration": float(duration),
-        "missing": "",
-    }
-    return ImportedSample(sample, row)
+    sample = record.sample(fbank, jpegs, encode_flac(wav, sr) if waveform else None)
+    return ImportedSample(sample, record)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -525,6 +492,7 @@ class ImportConfig:
     workers: int | None = None  # None: all CPUs on Ray; 0: in-process
     ray_address: str | None = None
     progress: bool = True
+    verbose: bool = False  # let the embedded Ray's own output through
 
     def validate(self) -> None:
         plain = (self.audio_dir, self.frames_dir, self.list_csv)
@@ -536,12 +504,8 @@ class ImportConfig:
             raise ValueError("--labels LABEL_CSV is required with --json (the lists hold mids, not indices)")
         if not self.frames or any(k < 0 for k in self.frames) or len(set(self.frames)) != len(self.frames):
             raise ValueError(f"--frames must list distinct frame indices >= 0, got {self.frames}")
-        if self.shard_size < 1:
-            raise ValueError(f"--shard-size must be >= 1, got {self.shard_size}")
-        for name in ("dataset", "split"):
-            value = getattr(self, name)
-            if not value or "/" in value or value.startswith("."):
-                raise ValueError(f"invalid --{name} {value!r}")
+        setjob.check_min(shard_size=self.shard_size, workers=self.workers)
+        setjob.check_names(dataset=self.dataset, split=self.split)
 
 
 @dataclass
@@ -556,7 +520,7 @@ class ImportTask:
     frame_ids: tuple[int, ...]
     waveform: bool
     out: str
-    fingerprint: str
+    target: SetTarget
 
 
 @dataclass
@@ -567,24 +531,10 @@ class ImportReport:
     failed: int = 0
 
 
-def _shard_name(index: int) -> str:
-    return f"shard-{index:06d}.tar"
-
-
-def _part_path(out: str | Path, relpath: str, index: int) -> Path:
-    return Path(out) / relpath / PARTS_DIR / f"shard-{index:06d}.json"
-
-
 def process_import_task(task: ImportTask) -> ImportReport:
     """Import one chunk: each entry -> a sample in the chunk's shard or a failure row; then the part file."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # same fbank bits in every process (serial or Ray)
     report = ImportReport(task.index, task.relpath)
-    rows, fails = [], []
-    writer: ShardWriter | None = None
-    try:
+    with setjob.single_threaded(), ChunkOutput(task.out, task.index, [task.target]) as chunk:
         for key, entry, error in task.entries:
             try:
                 if error:
@@ -597,39 +547,13 @@ def process_import_task(task: ImportTask) -> ImportReport:
                     waveform=task.waveform,
                     key=key,
                 )
-                if writer is None:
-                    writer = ShardWriter(Path(task.out) / task.relpath / _shard_name(task.index))
-                writer.write(imported.sample)
-            except ImportFailure as err:
-                fails.append({"path": entry.origin, "video_id": entry.video_id, "reason": err.reason})
-                report.failed += 1
-                continue
+                chunk.add(task.relpath, imported.record, imported.sample)
             except Exception as err:  # noqa: BLE001 - one bad entry never kills an import: it becomes a failure row
-                fails.append(
-                    {
-                        "path": entry.origin,
-                        "video_id": entry.video_id,
-                        "reason": f"unexpected {type(err).__name__}: {err}",
-                    }
-                )
+                chunk.fail(task.relpath, failure_row(entry.origin, entry.video_id, err))
                 report.failed += 1
                 continue
-            rows.append({**imported.row, "shard": _shard_name(task.index)})
             report.ok += 1
-        shard, members = None, []
-        if writer is not None:
-            size, digest = writer.close()
-            shard = {"file": _shard_name(task.index), "samples": len(rows), "bytes": size, "sha256": digest}
-            members = part_members(writer.members)
-            writer = None
-        write_json(
-            {"fingerprint": task.fingerprint, "shard": shard, "samples": rows, "failures": fails, "members": members},
-            _part_path(task.out, task.relpath, task.index),
-        )
-    finally:
-        if writer is not None:
-            writer.abort()
-        torch.set_num_threads(threads)
+        chunk.commit()
     return report
 
 
@@ -658,12 +582,7 @@ def _collect_sets(cfg: ImportConfig) -> list[ImportSet]:
             sets += discover_json_sets(
                 item, split=cfg.split, corruption=cfg.corruption, path_map=path_map, include_both=cfg.include_both
             )
-        seen: dict[tuple, str] = {}
-        for s in sets:
-            if s.relpath_parts in seen:
-                raise ValueError(f"{s.origin} and {seen[s.relpath_parts]} both define the set {s.split}/{s.spec}")
-            seen[s.relpath_parts] = s.origin
-        return sets
+        return _unique_sets(sets)
     return [
         plain_set(cfg.audio_dir, cfg.frames_dir, cfg.list_csv, split=cfg.split, corruption=cfg.corruption or "clean")
     ]
@@ -685,7 +604,7 @@ def _key_order(key: str) -> tuple[str, str]:
     return hashlib.sha1(key.encode()).hexdigest(), key
 
 
-def plan_import(cfg: ImportConfig) -> tuple[list[ImportTask], list[ImportSet], LabelIndex, dict[str, str]]:
+def plan_import(cfg: ImportConfig) -> tuple[list[ImportTask], list[ImportSet], LabelIndex, dict[str, SetTarget]]:
     """List the sets, resolve keys and split every set into chunk tasks.
 
     Chunks are assigned per split by key (a hash order shared by all sets of the split), so chunk ``i`` of every set
@@ -722,7 +641,7 @@ def plan_import(cfg: ImportConfig) -> tuple[list[ImportTask], list[ImportSet], L
         for pos, key in enumerate(sorted(keys, key=_key_order)):
             chunk_of[(split, key)] = pos // cfg.shard_size
     tasks: list[ImportTask] = []
-    fingerprints: dict[str, str] = {}
+    targets: dict[str, SetTarget] = {}
     for si, s in enumerate(sets):
         rel = set_relpath(cfg.dataset, *s.relpath_parts)
         payload = {
@@ -734,74 +653,50 @@ def plan_import(cfg: ImportConfig) -> tuple[list[ImportTask], list[ImportSet], L
             "shard_size": cfg.shard_size,
             "waveform": cfg.waveform,
         }
-        fp = hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:16]
-        fingerprints[rel] = fp
+        target = SetTarget(rel, setjob.fingerprint(payload), {"source": SOURCE_NAME})
+        targets[rel] = target
         chunks: dict[int, list] = {}
         for item in sorted(keyed[si], key=lambda it: _key_order(it[0])):
             chunks.setdefault(chunk_of[(s.split, item[0])], []).append(item)
         for index in sorted(chunks):
-            tasks.append(ImportTask(index, rel, s.spec, chunks[index], labels, frame_ids, cfg.waveform, cfg.out, fp))
-    return tasks, sets, labels, fingerprints
-
-
-def _check_resume(out: Path, fingerprints: dict[str, str]) -> None:
-    for rel, fp in fingerprints.items():
-        job_file = out / rel / PARTS_DIR / "job.json"
-        if job_file.exists():
-            if json.loads(job_file.read_text()).get("fingerprint") != fp:
-                raise ValueError(
-                    f"{out / rel} holds the output of a different job (lists or options changed); remove that folder "
-                    "or choose another --out"
-                )
-        else:
-            write_json({"fingerprint": fp, "source": SOURCE_NAME}, job_file)
-        for folder in (out / rel, out / rel / PARTS_DIR):
-            if folder.is_dir():
-                for p in folder.glob(".*.tmp-*"):  # temporaries of a killed run, never visible under a final name
-                    p.unlink(missing_ok=True)
-
-
-def _write_classes(out: Path, dataset: str, labels: LabelIndex) -> None:
-    from avtta.manifests import write_classes
-
-    path = out / dataset / "classes.csv"
-    if path.exists():
-        if read_label_csv(path) != list(labels.classes):
-            raise ValueError(f"{path} lists other classes than this import's labels; use another --dataset or --out")
-        return
-    write_classes(path, labels.classes)
+            tasks.append(
+                ImportTask(index, rel, s.spec, chunks[index], labels, frame_ids, cfg.waveform, cfg.out, target)
+            )
+    return tasks, sets, labels, targets
 
 
 def run_import(cfg: ImportConfig) -> ImportSummary:
     """Import every set of ``cfg`` into shards + manifests under ``cfg.out`` and rebuild its catalog."""
-    from .ray_runner import run_tasks
-
     t0 = time.perf_counter()
-    tasks, sets, labels, fingerprints = plan_import(cfg)
+    tasks, sets, labels, targets = plan_import(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_classes(out, cfg.dataset, labels)
-    _check_resume(out, fingerprints)
-    todo = [t for t in tasks if not _part_path(out, t.relpath, t.index).exists()]
+    setjob.start_sets(out, cfg.dataset, labels.classes, targets.values())
+    todo = [t for t in tasks if not setjob.chunk_done(out, [t.relpath], t.index)]
     log.info(
         "%d sets, %d entries, %d chunks (%d to do)", len(sets), sum(len(s.entries) for s in sets), len(tasks), len(todo)
     )
-    run_tasks(
-        todo,
-        workers=cfg.workers,
-        address=cfg.ray_address,
-        progress=cfg.progress,
-        fn=process_import_task,
-        unit_of=lambda t: len(t.entries),
-        desc="samples imported",
-    )
+    setjob.run_chunks(process_import_task, todo, cfg, desc="samples imported", unit_of=lambda t: len(t.entries))
     infos = []
     ok = failed = 0
     for s in sets:
-        rel = set_relpath(cfg.dataset, *s.relpath_parts)
-        set_dir = out / rel
-        parts = (json.loads(_part_path(out, rel, t.index).read_text()) for t in tasks if t.relpath == rel)
-        samples, shards, failures = write_set_tables(set_dir, parts)
+        target = targets[set_relpath(cfg.dataset, *s.relpath_parts)]
+        info, _, failures = setjob.complete_set(
+            out,
+            target,
+            (t.index for t in tasks if t.relpath == target.relpath),
+            dataset=cfg.dataset,
+            split=s.split,
+            modality=s.modality,
+            corruption=s.name,
+            severity=s.severity,
+            num_classes=len(labels.classes),
+            num_frames=len(cfg.frames),
+            frame_size=functools.partial(_frame_size, out, target.relpath),
+            waveform=cfg.waveform,
+            seed=0,
+            source=SOURCE_NAME,
+            options={"list": s.origin, "frames": list(cfg.frames), "path_map": list(cfg.path_map)},
+        )
         missing_files = sum(r["reason"].startswith(("missing wav", "missing frame")) for r in failures)
         if missing_files and missing_files >= len(s.entries) // 2 and not cfg.path_map:
             log.warning(
@@ -809,30 +704,9 @@ def run_import(cfg: ImportConfig) -> ImportSummary:
                 s.spec,
                 missing_files,
             )
-        info = ShardSetInfo(
-            dataset=cfg.dataset,
-            split=s.split,
-            modality=s.modality,
-            corruption=s.name,
-            severity=s.severity,
-            path=rel,
-            samples=len(samples),
-            shards=len(shards),
-            bytes=sum(x["bytes"] for x in shards),
-            failures=len(failures),
-            num_classes=len(labels.classes),
-            num_frames=len(cfg.frames),
-            frame_size=_frame_size(out, rel, shards),
-            waveform=cfg.waveform,
-            seed=0,
-            source=SOURCE_NAME,
-            job=fingerprints[rel],
-            options={"list": s.origin, "frames": list(cfg.frames), "path_map": list(cfg.path_map)},
-        )
-        write_json(info.to_json(), set_dir / SET_FILE)
         infos.append(info)
-        ok += len(samples)
-        failed += len(failures)
+        ok += info.samples
+        failed += info.failures
         if failures:
             log.warning(
                 "%s/%s: %d of %d entries failed (reasons in %s)",
@@ -840,7 +714,7 @@ def run_import(cfg: ImportConfig) -> ImportSummary:
                 s.spec,
                 len(failures),
                 len(s.entries),
-                set_dir / "failures.parquet",
+                out / target.relpath / "failures.parquet",
             )
     write_catalog(out)
     return ImportSummary(

@@ -159,3 +159,104 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
         metadata=json.loads(raw[META_FIELD]),
         waveform_flac=raw.get(WAVE_FIELD),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the per-sample record: one declaration for the tar metadata (``<key>.json``) and the ``samples.parquet`` row
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """What is known about one written sample; :meth:`metadata` and :meth:`row` both derive from it.
+
+    ``fps`` and ``duration`` are kept unrounded (the manifest row); the metadata rounds them to 6 decimals.
+    ``extra`` holds the producer's provenance block (``{"decode": ...}`` from ``avtta shard``, ``{"import": ...}``
+    from ``avtta import``), stored in the metadata only.
+    """
+
+    key: str
+    video_id: str
+    source: str
+    labels: tuple[int, ...]
+    label_names: tuple[str, ...]
+    corruption: str
+    severity: int
+    params: dict[str, Any]
+    seed: int
+    fps: float
+    duration: float
+    sample_rate: int
+    num_frames: int
+    missing: tuple[str, ...] = ()
+    extra: dict[str, Any] | None = None
+
+    @property
+    def label(self) -> int:
+        """Primary label: the lowest index (the reference's argmax of the multi-hot vector); -1 when unlabelled."""
+        return min(self.labels) if self.labels else -1
+
+    def metadata(self) -> dict[str, Any]:
+        """The ``<key>.json`` object (every key of :data:`METADATA_FIELDS`, plus ``extra``)."""
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "key": self.key,
+            "video_id": self.video_id,
+            "source": self.source,
+            "labels": list(self.labels),
+            "label_names": list(self.label_names),
+            "corruption": self.corruption,
+            "severity": self.severity,
+            "params": self.params,
+            "seed": self.seed,
+            "fps": round(float(self.fps), 6),
+            "duration": round(float(self.duration), 6),
+            "sample_rate": int(self.sample_rate),
+            "num_frames": self.num_frames,
+            "missing": list(self.missing),
+        }
+        return {**meta, **(self.extra or {})}
+
+    def row(self, shard: str) -> dict[str, Any]:
+        """The ``samples.parquet`` row of this sample stored in ``shard`` (columns of :data:`SAMPLES_SCHEMA`)."""
+        return {
+            "key": self.key,
+            "video_id": self.video_id,
+            "source": self.source,
+            "label": self.label,
+            "labels": list(self.labels),
+            "shard": shard,
+            "corruption": self.corruption,
+            "severity": self.severity,
+            "params": json.dumps(self.params, sort_keys=True),
+            "fps": float(self.fps),
+            "duration": float(self.duration),
+            "missing": ",".join(self.missing),
+        }
+
+    def sample(self, fbank: np.ndarray, frames: list[bytes], waveform_flac: bytes | None = None) -> Sample:
+        """The shard sample carrying this record as its metadata."""
+        return Sample(self.key, fbank, frames, self.label, self.metadata(), waveform_flac)
+
+
+def _samples_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("key", pa.string()),
+            ("video_id", pa.string()),
+            ("source", pa.string()),
+            ("label", pa.int32()),
+            ("labels", pa.list_(pa.int32())),
+            ("shard", pa.string()),
+            ("corruption", pa.string()),
+            ("severity", pa.int32()),
+            ("params", pa.string()),  # JSON of the sampled corruption parameters
+            ("fps", pa.float64()),
+            ("duration", pa.float64()),
+            ("missing", pa.string()),  # comma-separated filled modalities ("" when none)
+        ]
+    )
+
+
+SAMPLES_SCHEMA = _samples_schema()  # the samples.parquet columns: SampleRecord.row, one column per key

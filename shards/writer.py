@@ -8,14 +8,13 @@ index the reader uses for random access.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
 
 from .index import Member, scan_members
+from .io import atomic_path, file_digest
 from .schema import Sample, SchemaError, encode_sample, validate_key
 
 TAR_MTIME = 0  # fixed header fields -> reproducible bytes (an int: a float mtime adds a PAX header per member)
@@ -23,15 +22,8 @@ TAR_USER = "avtta"
 TAR_MODE = 0o444
 
 
-def atomic_replace(tmp: Path, final: Path) -> None:
-    """fsync ``tmp`` and rename it to ``final`` (atomic on POSIX)."""
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
-def tmp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+class _Aborted(Exception):
+    """Handed to ``atomic_path`` so that it removes the temporary of an aborted shard."""
 
 
 class ShardWriter:
@@ -44,7 +36,9 @@ class ShardWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = tmp_name(self.path)
+        # atomic_path (temporary name, fsync + rename on success, removal on error), held open while writing
+        self._atomic = atomic_path(self.path)
+        self._tmp: Path | None = self._atomic.__enter__()
         self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
         self._tar = wds.TarWriter(
             self._fh, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, encoder=False, mtime=TAR_MTIME
@@ -70,15 +64,21 @@ class ShardWriter:
         self._tar.close()
         self._fh.close()
         self.members = scan_members(self._tmp)  # read back from the bytes on disk, not from what we meant to write
-        atomic_replace(self._tmp, self.path)
+        self._atomic.__exit__(None, None, None)
+        self._tmp = None
         return file_digest(self.path)
 
     def abort(self) -> None:
+        """Drop the shard: close the files and remove the temporary (a no-op once the shard is closed)."""
+        if self._tmp is None:
+            return
         try:
             self._tar.close()
         finally:
             self._fh.close()
-            self._tmp.unlink(missing_ok=True)
+            err = _Aborted(f"{self.path}: writing aborted")
+            self._atomic.__exit__(_Aborted, err, None)  # removes the temporary; returns False, nothing raised
+            self._tmp = None
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -88,14 +88,3 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
-
-
-def file_digest(path: str | Path) -> tuple[int, str]:
-    """(size in bytes, sha256 hex) of a file."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-            size += len(block)
-    return size, h.hexdigest()

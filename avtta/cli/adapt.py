@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._common import config_from_args
+
 
 def _ints(text: str) -> tuple[int, ...]:
     out = []
@@ -90,29 +92,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from avtta.adapt.worker import AdaptConfig, run_adaptation
 
-    cfg = AdaptConfig(
-        catalog=args.catalog,
-        dataset=args.dataset,
-        checkpoint=args.checkpoint,
-        protocol=args.protocol,
-        corruptions=args.corruptions,
-        severity=args.severity,
-        methods=args.methods,
-        split=args.split,
-        source_split=args.source_split,
-        seeds=args.seeds,
-        batch_size=args.batch_size,
-        device=args.device,
-        continual=args.continual,
-        out=args.out,
-        model=args.model,
-        num_workers=args.num_workers,
-        access=args.access,
-        frame=args.frame,
-        precision=args.precision,
-        method_config=args.method_config,
-        ray_address=args.ray_address,
-        progress=not args.no_progress,
-    )
+    cfg = config_from_args(AdaptConfig, args)
     run_adaptation(cfg)
     return 0

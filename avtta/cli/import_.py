@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from ._common import add_ray_arguments
+from ._common import add_ray_arguments, config_from_args, config_parser_kwargs, print_set_summary
 
 
 def _frame_list(text: str) -> tuple[int, ...]:
@@ -33,9 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folders (--audio, --frames-dir, --list). The fbank is computed from the WAV as the reference loader does; "
         "frames are stored as the original JPEGs. Bad entries (missing/unreadable files, unknown labels) become "
         "failure rows. Runs on Ray like `avtta shard`; a rerun resumes.",
+        **config_parser_kwargs("avtta.pipelines.importer:ImportConfig"),
     )
     p.add_argument(
         "--json",
+        dest="json",
         nargs="+",
         action="extend",
         metavar="PATH",
@@ -47,16 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="label CSV index,mid[,display_name] (required with --json)")
     p.add_argument("--out", required=True, help="output root (holds catalog.parquet)")
     p.add_argument("--dataset", required=True, help="dataset name in the catalog, e.g. ks50")
-    p.add_argument("--split", default="test", help="split of the test lists (default: test)")
+    p.add_argument("--split", help="split of the test lists")
     p.add_argument(
         "--corruption",
-        help="set of a single list / the plain layout: clean (default) or MODALITY:NAME@S, e.g. video:fog@5",
+        help="set of a single list / the plain layout: clean (when none) or MODALITY:NAME@S, e.g. video:fog@5",
     )
     p.add_argument(
         "--path-map",
         nargs="+",
         action="extend",
-        default=[],
         metavar="OLD=NEW",
         help="rewrite path prefixes inside the lists (lists made on another machine)",
     )
@@ -69,53 +69,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--frames",
         type=_frame_list,
-        default=tuple(range(10)),
-        help="frame_K folders to store, e.g. 0-9 (default) or 5 when only the eval frame exists",
+        help="frame_K folders to store, e.g. 0-9 or 5 when only the eval frame exists",
     )
-    p.add_argument("--shard-size", type=int, default=256, help="samples per shard")
+    p.add_argument("--shard-size", type=int, help="samples per shard")
     p.add_argument("--waveform", action="store_true", help="also store the audio (FLAC)")
     add_ray_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from avtta.manifests import format_table
     from avtta.pipelines.importer import ImportConfig, run_import
 
-    cfg = ImportConfig(
-        out=args.out,
-        dataset=args.dataset,
-        labels=args.labels,
-        json=tuple(args.json or ()),
-        audio_dir=args.audio_dir,
-        frames_dir=args.frames_dir,
-        list_csv=args.list_csv,
-        split=args.split,
-        corruption=args.corruption,
-        path_map=tuple(args.path_map),
-        include_both=args.include_both,
-        frames=args.frames,
-        shard_size=args.shard_size,
-        waveform=args.waveform,
-        workers=args.workers,
-        ray_address=args.ray_address,
-        progress=not args.no_progress,
-    )
+    cfg = config_from_args(ImportConfig, args, json=tuple, path_map=tuple)
     summary = run_import(cfg)
-    rows = [
-        {
-            "set": f"{s.split}/{s.spec}",
-            "samples": s.samples,
-            "failures": s.failures,
-            "shards": s.shards,
-            "MB": round(s.bytes / 1e6, 1),
-        }
-        for s in summary.sets
-    ]
-    print(format_table(rows))
-    print(summary.format())
-    if summary.failed:
-        logging.getLogger("avtta").warning(
-            "%d entries failed; reasons in %s/<set>/failures.parquet", summary.failed, args.out
-        )
+    print_set_summary(summary, args.out, what="entries", name=lambda s: f"{s.split}/{s.spec}")
     return 0

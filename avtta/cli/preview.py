@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from avtta.corruptions import CorruptionOptions, parse_specs
-    from avtta.corruptions.preview import contact_sheet, write_preview
+    from avtta.pipelines.preview import contact_sheet, write_preview
 
     options = CorruptionOptions(
         noise_dir=args.noise_dir,

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from ._common import add_ray_arguments
+from ._common import add_ray_arguments, config_from_args, config_parser_kwargs, print_set_summary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Decode videos with PyAV, extract frames and Kaldi fbank, apply corruptions on the fly and "
         "write one shard set per corruption spec, all from ONE decode of each clip. Runs on an embedded local "
         "Ray by default, on a cluster with --ray-address (or RAY_ADDRESS). A rerun resumes a killed job.",
+        **config_parser_kwargs("avtta.pipelines.shard_job:ShardJobConfig"),
     )
     p.add_argument(
         "--videos",
@@ -23,27 +23,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--labels",
-        help="label CSV in the reference format index,mid[,display_name] (default for a folder: its sub-folder names)",
+        help="label CSV in the reference format index,mid[,display_name] (none: for a folder, its sub-folder names)",
     )
     p.add_argument("--out", required=True, help="output root (holds catalog.parquet)")
     p.add_argument("--dataset", required=True, help="dataset name in the catalog, e.g. ks50")
-    p.add_argument("--split", default="test", help="split name (default: test)")
+    p.add_argument("--split", help="split name")
     p.add_argument(
         "--corrupt",
         nargs="+",
         action="extend",
         metavar="SPEC",
         help="shard sets to write: none | video:NAME@S | audio:NAME@S | av:NAME@S, NAME may be 'all', "
-        "S a severity 1-5 or a range 1-5 (default: none = clean only); see `avtta corruptions`",
+        "S a severity 1-5 or a range 1-5 (none = clean only); see `avtta corruptions`",
     )
-    p.add_argument("--frames", type=int, default=10, help="frames sampled per clip (CAV-MAE: 10)")
-    p.add_argument("--frame-size", type=int, default=224, help="frame side after resize + centre crop (224)")
-    p.add_argument("--shard-size", type=int, default=256, help="clips per shard")
-    p.add_argument("--seed", type=int, default=0, help="seed of the corruption parameters")
+    p.add_argument("--frames", type=int, help="frames sampled per clip")
+    p.add_argument("--frame-size", type=int, help="frame side after resize + centre crop")
+    p.add_argument("--shard-size", type=int, help="clips per shard")
+    p.add_argument("--seed", type=int, help="seed of the corruption parameters")
     p.add_argument(
         "--missing",
         choices=["fail", "fill"],
-        default="fail",
         help="a clip without audio or video: a failure row (fail), or filled with silence/black and "
         "flagged in the metadata (fill)",
     )
@@ -51,13 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--noise-dir",
         help="recorded noises for the environmental audio corruptions (one file or folder "
-        "per category); default: synthesised noise (not comparable with published numbers)",
+        "per category); none: synthesised noise (not comparable with published numbers)",
     )
     p.add_argument(
         "--reference-frames",
         action="store_true",
         help="corrupt frames as the Kinetics50-C scripts did: Resize(256)+CenterCrop(224) first "
-        "(spec items 26-27); default: corrupt the clean 224 frame",
+        "(spec items 26-27); without it: corrupt the clean 224 frame",
     )
     p.add_argument(
         "--snr",
@@ -66,46 +65,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="mix environmental audio noise at this SNR (dB) instead of the reference gains",
     )
     p.add_argument(
-        "--crowd-image-dir", help="RGBA person cut-outs for av:crowd (AVRobustBench's crowd_image/; default: synthetic)"
+        "--crowd-image-dir", help="RGBA person cut-outs for av:crowd (AVRobustBench's crowd_image/; none: synthetic)"
     )
     add_ray_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from avtta.manifests import format_table
     from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
 
-    cfg = ShardJobConfig(
-        videos=args.videos,
-        out=args.out,
-        dataset=args.dataset,
-        split=args.split,
-        labels=args.labels,
-        corrupt=tuple(args.corrupt or ["none"]),
-        frames=args.frames,
-        frame_size=args.frame_size,
-        shard_size=args.shard_size,
-        seed=args.seed,
-        missing=args.missing,
-        waveform=args.waveform,
-        noise_dir=args.noise_dir,
-        reference_frames=args.reference_frames,
-        snr_db=args.snr_db,
-        crowd_image_dir=args.crowd_image_dir,
-        workers=args.workers,
-        ray_address=args.ray_address,
-        progress=not args.no_progress,
-    )
+    cfg = config_from_args(ShardJobConfig, args, corrupt=tuple)
     summary = run_shard_job(cfg)
-    rows = [
-        {"set": s.spec, "samples": s.samples, "failures": s.failures, "shards": s.shards, "MB": round(s.bytes / 1e6, 1)}
-        for s in summary.sets
-    ]
-    print(format_table(rows))
-    print(summary.format())
-    if summary.failed:
-        logging.getLogger("avtta").warning(
-            "%d clips failed; reasons in %s/<set>/failures.parquet", summary.failed, args.out
-        )
+    print_set_summary(summary, args.out, what="clips", name=lambda s: s.spec)
     return 0

@@ -46,7 +46,7 @@ def test_preview_rejects_bad_spec(video: Path, tmp_path: Path) -> None:
 
 
 def test_contact_sheet_is_15_by_5(video: Path, tmp_path: Path) -> None:
-    from avtta.corruptions.preview import contact_sheet
+    from avtta.pipelines.preview import contact_sheet
 
     out = tmp_path / "sheet.png"
     assert contact_sheet(video, out, cell=64) == (15, 5)
@@ -61,3 +61,14 @@ def test_cli_lists_corruptions(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines == list_corruptions() and len(lines) == 36
     assert main(["corruptions", "--modality", "audio"]) == 0
     assert capsys.readouterr().out.split() == [line for line in lines if line.startswith("audio:")]
+
+
+def test_draw_contact_sheet_takes_a_frame_array(tmp_path: Path) -> None:
+    """The corruption-only part draws from an array (no decoding) and names a bad frame."""
+    from avtta.corruptions.preview import draw_contact_sheet
+
+    frame = np.random.default_rng(0).integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+    assert draw_contact_sheet(frame, tmp_path / "s.png", key="k", cell=32) == (15, 5)
+    assert Image.open(tmp_path / "s.png").size == (150 + 5 * (32 + 4), 24 + 15 * (32 + 4))
+    with pytest.raises(ValueError, match="uint8 RGB frame"):
+        draw_contact_sheet(frame[..., 0], tmp_path / "t.png", key="k")

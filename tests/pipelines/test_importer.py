@@ -104,7 +104,7 @@ def test_import_sample_real_clip_equals_reference(real_tree, reference_fbank):
         assert sample.frames[k] == (clip / "eval_frames" / f"frame_{k}" / f"{CLIP_ID}.jpg").read_bytes()
     assert sample.label == 0 and sample.metadata["labels"] == [0, 1, 2, 3]
     assert sample.metadata["sample_rate"] == 16000 and sample.metadata["duration"] == pytest.approx(10.008)
-    assert out.row["label"] == 0 and out.row["corruption"] == "clean"
+    assert out.record.label == 0 and out.record.row("shard-000000.tar")["corruption"] == "clean"
 
 
 def test_run_import_real_clip_reads_back_as_reference(real_tree, tmp_path, reference_fbank):
