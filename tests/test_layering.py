@@ -89,13 +89,11 @@ def test_shards_imports_no_other_avtta_package():
     assert _violations(files, KNOWN - {"avtta.shards"}) == []
 
 
-@pytest.mark.xfail(reason="corruptions/preview.py still decodes through avtta.pipelines (issue 11 §3)", strict=False)
 def test_corruptions_imports_neither_pipelines_nor_adapt():
     files = [rel for rel in MODULES if rel.startswith("corruptions/")]
     assert _violations(files, {"avtta.pipelines", "avtta.adapt"}) == []
 
 
-@pytest.mark.xfail(reason="corruptions/preview.py -> pipelines -> corruptions (issue 11 §3)", strict=False)
 def test_no_cycle_between_top_level_packages():
     graph = _edges()
     cycles: set[str] = set()
