@@ -189,3 +189,12 @@ def test_tsa_config_validation_and_presets() -> None:
     assert TSAConfig(**TSA.presets["vggsound"]).conf_threshold == 0.8
     with pytest.raises(TypeError, match="TSAConfig"):
         TSA(torch.nn.Linear(2, 2), DASP.config_class())
+
+
+def test_tsa_bf16_autocast_step(gold: dict) -> None:
+    # The autocast path (the reference's CUDA branch runs under fp16 autocast): adapters stay fp32, output finite.
+    method = TSA(_model(gold), TSAConfig(precision="bf16"))
+    logits = method.step(*gold["test1"])
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in method.params)
+    assert float(method.a_adapter.detach().abs().max()) > 0
