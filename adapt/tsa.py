@@ -12,7 +12,7 @@ Per batch (spec 3): frozen encoder tokens ``a``, ``v``; residual adapters ``ahat
 ``self.generator``); training path ``z1 = Dec([s a + (1-s) ahat ; (1-s) v + s vhat])``; loss
 ``lambda * CE(z1, argmax z1) * mean(max p >= thr) - H(softmax(sum_i p_i))``; one Adam step on ``a_adapter``,
 ``v_adapter`` ``[D, D]`` and ``weight_adapter`` ``[2]`` (all zeros at the start). Scored logits (before the update,
-no grad): ``Dec([a; vhat]) + Dec([ahat; v])``.
+no grad): ``Dec([a; vhat]) + Dec([ahat; v])`` (with one-hot routes one of the two is the training forward itself).
 
 KEEP: item 2 (the cross-entropy is batch-averaged before the confidence mask, so the mask only rescales the term;
 ``mask_per_sample=True`` gives FixMatch's per-sample masking), item 3 (the router's gradient vanishes at tau 1e-3),
@@ -122,7 +122,15 @@ class TSA(TTAMethod):
             a_mix = selection * a + (1 - selection) * a_hat  # s = 1: video adapted, audio not
             v_mix = (1 - selection) * v + selection * v_hat
             train_logits = decode(self.model, torch.cat((a_mix, v_mix), dim=1))
-            scored = self._scored(a, v, a_hat, v_hat)
+            if bool(((choice == 0) | (choice == 1)).all()):
+                # One-hot routes (the rule at tau 1e-3): each training row is exactly one of the two scored forwards
+                # of its sample, so only the other one is computed: 2B fusion passes per step instead of 3B.
+                with torch.no_grad():
+                    a_other = (1 - selection) * a + selection * a_hat
+                    v_other = selection * v + (1 - selection) * v_hat
+                    scored = train_logits.detach() + decode(self.model, torch.cat((a_other, v_other), dim=1))
+            else:
+                scored = self._scored(a, v, a_hat, v_hat)
 
         z1 = self.loss_input(train_logits)
         with torch.no_grad():
