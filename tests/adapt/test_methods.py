@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from avtta.adapt.losses import shuffle_patches
+from avtta.adapt.methods.losses import shuffle_patches
 from avtta.models import create_model
 
 from avtta import adapt
@@ -116,7 +116,7 @@ def test_full_width_parameter_selection() -> None:
     """Spec table 0.4 at the released width (no forward needed)."""
     model = create_model("cav_mae_ft_base", num_classes=50)
     dim = 768
-    zeros = adapt.SourceStats(*(torch.zeros(11 if k[-1] in "av" else 1, dim) for k in adapt.brimpr._STAT_KEYS))
+    zeros = adapt.SourceStats(*(torch.zeros(11 if k[-1] in "av" else 1, dim) for k in adapt.methods.brimpr._STAT_KEYS))
     lower = {
         f"{stack}.{i}.{ln}.{kind}"
         for stack in ("blocks_a", "blocks_v")

@@ -24,25 +24,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import MethodConfig, TTAMethod
+from .base import MethodConfig, SourceData, TTAMethod, take_clips
 from .losses import entropy_weights, reliable, softmax_entropy
-from .source_data import cached_tensors, load_tensors, save_tensors, take_clips
 
-__all__ = [
-    "EATA",
-    "EATAConfig",
-    "FisherTable",
-    "compute_fisher",
-    "fisher_cached",
-    "load_fisher",
-    "save_fisher",
-]
+__all__ = ["EATA", "EATAConfig", "FisherTable", "compute_fisher", "fisher_from_tensors", "fisher_to_tensors"]
 
 FisherTable = dict[str, tuple[Tensor, Tensor]]  # parameter name -> (F, theta*)
 
@@ -68,81 +58,9 @@ class EATAConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.fisher_alpha < 0:
-            raise ValueError(f"fisher_alpha must be >= 0, got {self.fisher_alpha} (adapt/eata.py)")
+            raise ValueError(f"fisher_alpha must be >= 0, got {self.fisher_alpha} (adapt/methods/eata.py)")
         if self.fisher_size <= 0:
-            raise ValueError(f"fisher_size must be positive, got {self.fisher_size} (adapt/eata.py)")
-
-
-class EATA(TTAMethod):
-    """Reliable, non-redundant, re-weighted entropy minimisation with an EWC anchor."""
-
-    name = "eata"
-    config_class = EATAConfig
-    needs_source = True
-
-    def __init__(
-        self,
-        model: nn.Module,
-        config: EATAConfig | None = None,
-        *,
-        fisher: FisherTable | None = None,
-        source: Iterable | None = None,
-    ) -> None:
-        config = config or EATAConfig()
-        if config.fisher_alpha > 0 and fisher is None:
-            if source is None:
-                raise ValueError(
-                    "EATA with fisher_alpha > 0 needs fisher= (see fisher_cached) or source= batches (adapt/eata.py)"
-                )
-            fisher = compute_fisher(model, source, num_clips=config.fisher_size)
-        self._fisher_in = fisher if config.fisher_alpha > 0 else None
-        super().__init__(model, config)
-
-    def trainable_groups(self) -> tuple[str, ...]:
-        return PARAM_GROUPS
-
-    def init_state(self) -> None:
-        self.e_margin = self.config.e_margin * math.log(self.num_classes)
-        self.fisher: list[tuple[nn.Parameter, Tensor, Tensor]] = []
-        table, self._fisher_in = self._fisher_in, None
-        params = dict(self.model.named_parameters())
-        for name, (fisher, anchor) in (table or {}).items():
-            if name not in params:
-                raise ValueError(f"Fisher entry {name!r} is not a model parameter (adapt/eata.py)")
-            p = params[name]
-            if fisher.shape != p.shape or anchor.shape != p.shape:
-                raise ValueError(f"Fisher entry {name!r} has shape {tuple(fisher.shape)}, expected {tuple(p.shape)}")
-            self.fisher.append((p, fisher.to(p.device, torch.float32), anchor.to(p.device, torch.float32)))
-
-    def reset_state(self) -> None:
-        self.model_probs: Tensor | None = None
-
-    def forward_and_adapt(self, audio: Tensor, video: Tensor) -> Tensor:
-        cfg = self.config
-        logits = self.forward_logits(audio, video)
-        z = self.loss_input(logits)
-        entropy = softmax_entropy(z)
-        ids1 = reliable(entropy, self.e_margin)
-        probs1 = z[ids1].softmax(1)
-        if self.model_probs is not None:
-            cosine = F.cosine_similarity(self.model_probs.unsqueeze(0), probs1, dim=1)
-            ids2 = torch.nonzero(cosine.abs() < cfg.d_margin, as_tuple=True)[0]
-        else:
-            ids2 = torch.arange(ids1.numel(), device=ids1.device)
-        selected_probs = probs1[ids2].detach()
-        if selected_probs.shape[0] > 0:
-            mean = selected_probs.mean(0)
-            m = self.model_probs
-            self.model_probs = mean if m is None else cfg.momentum * m + (1 - cfg.momentum) * mean
-        if ids2.numel() == 0:
-            return logits  # nothing reliable and new: no update (the loss would be NaN)
-        selected = entropy[ids1][ids2]
-        loss = (selected * entropy_weights(selected, self.e_margin)).mean(0)
-        if cfg.fisher_alpha > 0:
-            for p, fisher, anchor in self.fisher:
-                loss = loss + cfg.fisher_alpha * (fisher * (p - anchor) ** 2).sum()
-        self.apply_update(loss)
-        return logits
+            raise ValueError(f"fisher_size must be positive, got {self.fisher_size} (adapt/methods/eata.py)")
 
 
 def compute_fisher(
@@ -187,48 +105,88 @@ def compute_fisher(
             p.requires_grad_(flags[id(p)])
             p.grad = None
     if batches == 0:
-        raise ValueError("compute_fisher: the source iterable yielded no batch (adapt/eata.py)")
+        raise ValueError("compute_fisher: the source iterable yielded no batch (adapt/methods/eata.py)")
     return {n: (sums[n] / batches, p.detach().clone().float()) for n, p in named}
 
 
-def save_fisher(path: str | Path, fisher: FisherTable, metadata: dict[str, str] | None = None) -> Path:
-    """Write a Fisher table as safetensors: ``fisher/<name>`` and ``anchor/<name>``."""
-    tensors = {}
-    for name, (f, anchor) in fisher.items():
-        tensors[f"fisher/{name}"] = f
-        tensors[f"anchor/{name}"] = anchor
-    return save_tensors(path, tensors, {"kind": "eata-fisher", **(metadata or {})})
+def fisher_to_tensors(fisher: FisherTable) -> dict[str, Tensor]:
+    """Flat ``fisher/<name>`` and ``anchor/<name>`` tensors of a table (the cache file's keys)."""
+    return {f"{k}/{n}": t for n, pair in fisher.items() for k, t in zip(("fisher", "anchor"), pair, strict=True)}
 
 
-def _unflatten(tensors: dict[str, Tensor], path: object) -> FisherTable:
+def fisher_from_tensors(tensors: dict[str, Tensor], path: object = "tensors") -> FisherTable:
+    """The table of flat ``fisher/<name>`` + ``anchor/<name>`` tensors (names sorted)."""
     names = sorted(k.split("/", 1)[1] for k in tensors if k.startswith("fisher/"))
     if not names or any(f"anchor/{n}" not in tensors for n in names):
-        raise ValueError(f"{path}: not an EATA Fisher file (fisher/<name> + anchor/<name>) (adapt/eata.py)")
+        raise ValueError(f"{path}: not an EATA Fisher file (fisher/<name> + anchor/<name>) (adapt/methods/eata.py)")
     return {n: (tensors[f"fisher/{n}"], tensors[f"anchor/{n}"]) for n in names}
 
 
-def load_fisher(path: str | Path, device: torch.device | str = "cpu") -> FisherTable:
-    """Read a Fisher table written by :func:`save_fisher`."""
-    tensors, _ = load_tensors(path, device)
-    return _unflatten(tensors, path)
+class EATA(TTAMethod):
+    """Reliable, non-redundant, re-weighted entropy minimisation with an EWC anchor."""
 
+    name = "eata"
+    config_class = EATAConfig
+    source_data = SourceData(
+        argument="fisher", cache_key="fisher", kind="eata-fisher", size_field="fisher_size", size_key="num_clips",
+        compute=compute_fisher, to_tensors=fisher_to_tensors, from_tensors=fisher_from_tensors,
+    )  # fmt: skip
 
-def fisher_cached(
-    model: nn.Module,
-    source: Iterable,
-    path: str | Path,
-    num_clips: int = 2000,
-    metadata: dict[str, str] | None = None,
-) -> FisherTable:
-    """Load the Fisher table at ``path`` or compute it from ``source`` and save it there.
+    def __init__(
+        self,
+        model: nn.Module,
+        config: EATAConfig | None = None,
+        *,
+        fisher: FisherTable | None = None,
+        source: Iterable | None = None,
+    ) -> None:
+        config = config or EATAConfig()
+        # fisher_alpha = 0 is ETA: no EWC term, no Fisher needed.
+        self._fisher_in = self.source_input(model, config, fisher, source) if config.fisher_alpha > 0 else None
+        super().__init__(model, config)
 
-    The caller keys ``path`` by checkpoint and source set; ``metadata`` (e.g. checkpoint hash, source manifest) is
-    stored in the file and checked on load.
-    """
-    meta = {"kind": "eata-fisher", "num_clips": str(num_clips), **(metadata or {})}
+    def trainable_groups(self) -> tuple[str, ...]:
+        return PARAM_GROUPS
 
-    def compute() -> dict[str, Tensor]:
-        table = compute_fisher(model, source, num_clips=num_clips)
-        return {f"{k}/{n}": t for n, pair in table.items() for k, t in zip(("fisher", "anchor"), pair, strict=True)}
+    def init_state(self) -> None:
+        self.e_margin = self.config.e_margin * math.log(self.num_classes)
+        self.fisher: list[tuple[nn.Parameter, Tensor, Tensor]] = []
+        table, self._fisher_in = self._fisher_in, None
+        params = dict(self.model.named_parameters())
+        for name, (fisher, anchor) in (table or {}).items():
+            if name not in params:
+                raise ValueError(f"Fisher entry {name!r} is not a model parameter (adapt/methods/eata.py)")
+            p = params[name]
+            if fisher.shape != p.shape or anchor.shape != p.shape:
+                raise ValueError(f"Fisher entry {name!r} has shape {tuple(fisher.shape)}, expected {tuple(p.shape)}")
+            self.fisher.append((p, fisher.to(p.device, torch.float32), anchor.to(p.device, torch.float32)))
 
-    return _unflatten(cached_tensors(path, compute, meta), path)
+    def reset_state(self) -> None:
+        self.model_probs: Tensor | None = None
+
+    def forward_and_adapt(self, audio: Tensor, video: Tensor) -> Tensor:
+        cfg = self.config
+        logits = self.forward_logits(audio, video)
+        z = self.loss_input(logits)
+        entropy = softmax_entropy(z)
+        ids1 = reliable(entropy, self.e_margin)
+        probs1 = z[ids1].softmax(1)
+        if self.model_probs is not None:
+            cosine = F.cosine_similarity(self.model_probs.unsqueeze(0), probs1, dim=1)
+            ids2 = torch.nonzero(cosine.abs() < cfg.d_margin, as_tuple=True)[0]
+        else:
+            ids2 = torch.arange(ids1.numel(), device=ids1.device)
+        selected_probs = probs1[ids2].detach()
+        if selected_probs.shape[0] > 0:
+            mean = selected_probs.mean(0)
+            m = self.model_probs
+            self.model_probs = mean if m is None else cfg.momentum * m + (1 - cfg.momentum) * mean
+        if ids2.numel() == 0:
+            return logits  # nothing reliable and new: no update (the loss would be NaN)
+        selected = entropy[ids1][ids2]
+        loss = (selected * entropy_weights(selected, self.e_margin)).mean(0)
+        if cfg.fisher_alpha > 0:
+            for p, fisher, anchor in self.fisher:
+                loss = loss + cfg.fisher_alpha * (fisher * (p - anchor) ** 2).sum()
+        self.apply_update(loss)
+        return logits

@@ -39,7 +39,7 @@ class T3AConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.filter_K == 0 or self.filter_K < -1:
-            raise ValueError(f"filter_K must be positive or -1, got {self.filter_K} (adapt/t3a.py)")
+            raise ValueError(f"filter_K must be positive or -1, got {self.filter_K} (adapt/methods/t3a.py)")
 
 
 class T3A(TTAMethod):
@@ -49,7 +49,7 @@ class T3A(TTAMethod):
     config_class = T3AConfig
 
     def init_state(self) -> None:
-        head = self.model.mlp_head[1]
+        head = self.model.get_classifier()
         with torch.no_grad():
             self._weight = head.weight.detach().clone().float()
             self._bias = head.bias.detach().clone().float() if head.bias is not None else None
