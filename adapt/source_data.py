@@ -4,7 +4,7 @@ A method declares the statistics it needs from clean source clips as a :class:`~
 (EATA's Fisher information, spec methods.md 4.1; BriMPR's source statistics, 8.5). They are computed once per
 (checkpoint, source set): :func:`source_data_cached` loads them from a file or computes and writes them (atomically),
 checking the metadata recorded with them. :func:`fisher_cached` / :func:`source_stats_cached` and the save/load
-pairs are the same for EATA and BriMPR by name.
+loaders are the same for EATA and BriMPR by name.
 """
 
 from __future__ import annotations
@@ -30,9 +30,7 @@ __all__ = [
     "load_source_data",
     "load_source_stats",
     "load_tensors",
-    "save_fisher",
     "save_source_data",
-    "save_source_stats",
     "save_tensors",
     "source_data_cached",
     "source_stats_cached",
@@ -122,16 +120,6 @@ def fisher_cached(
     return source_data_cached(EATA.source_data, model, source, path, num_clips, metadata)
 
 
-def save_fisher(path: str | Path, fisher: FisherTable, metadata: dict[str, str] | None = None) -> Path:
-    """Write a Fisher table as safetensors: ``fisher/<name>`` and ``anchor/<name>``."""
-    return save_source_data(EATA.source_data, path, fisher, metadata)
-
-
-def load_fisher(path: str | Path, device: torch.device | str = "cpu") -> FisherTable:
-    """Read a Fisher table written by :func:`save_fisher` or :func:`fisher_cached`."""
-    return load_source_data(EATA.source_data, path, device)
-
-
 def source_stats_cached(
     model: nn.Module, source: Iterable, path: str | Path, num_samples: int = 32, metadata: dict[str, str] | None = None
 ) -> SourceStats:
@@ -139,11 +127,11 @@ def source_stats_cached(
     return source_data_cached(BriMPR.source_data, model, source, path, num_samples, metadata)
 
 
-def save_source_stats(path: str | Path, stats: SourceStats, metadata: dict[str, str] | None = None) -> Path:
-    """Write source statistics as safetensors (keys ``std_a``, ``mean_a``, ...)."""
-    return save_source_data(BriMPR.source_data, path, stats, metadata)
+def load_fisher(path: str | Path, device: torch.device | str = "cpu") -> FisherTable:
+    """Read a Fisher table written by :func:`fisher_cached` (or :func:`save_source_data`)."""
+    return load_source_data(EATA.source_data, path, device)
 
 
 def load_source_stats(path: str | Path, device: torch.device | str = "cpu") -> SourceStats:
-    """Read statistics written by :func:`save_source_stats` or :func:`source_stats_cached`."""
+    """Read statistics written by :func:`source_stats_cached` (or :func:`save_source_data`)."""
     return load_source_data(BriMPR.source_data, path, device)

@@ -9,6 +9,10 @@ continually adapted model.
 
 Jobs run in this process, or, with ``ray_address``, on Ray actors (one GPU each when the cluster has GPUs) that each
 hold a model, fed by the shard reader (``avtta.shards.open_dataset``); the rows are gathered into one results table.
+The worker names no method: it serves what each method class declares (``adapt/methods/base.py``): the source data
+(computed once from ``--source-split`` clips and cached under ``<catalog>/_cache``), the per-dataset ``presets``, the
+per-protocol overrides and the model facts, below the user's ``--method-config``.
+
 Independent jobs give identical numbers wherever they run, because ``reset()`` restores the model and optimiser
 exactly and every random draw comes from generators seeded by (seed, ...).
 

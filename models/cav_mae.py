@@ -5,6 +5,14 @@ Upstream code: https://github.com/YuanGongND/cav-mae (``src/models/cav_mae.py``,
 Behaviour follows the project specification (``spec/model-cav-mae.md``); parameter names equal the released
 checkpoints' keys without the ``module.`` prefix, so those checkpoints load strictly (see ``checkpoint.py``).
 
+One composition, used by ``forward``, training's ``eval_logits``, BriMPR and the source statistics alike:
+:meth:`CAVMAEFT.encode` (tokens -> optional masking hook -> a modality's own blocks, with optional deep prompts and
+per-block features) -> :meth:`CAVMAEFT.fuse_pool` (fusion block, final LayerNorm, mean; per forward mode) ->
+:meth:`CAVMAEFT.forward_head`. Methods and training reach the model through that contract and through
+``get_classifier()``, ``no_weight_decay()``, ``param_groups()`` / ``select_parameters()`` and ``depth``,
+``embed_dim``, ``num_classes``; the smaller pieces (``embed_audio``, ``run_stack``, ``fuse``, ``pool``, ``head``,
+``keep_tokens``) stay public.
+
 Deliberate differences from the references (spec README items 6 and 10): the fusion block owns one ``qkv``
 projection only (no READ/BriMPR ``q``/``k``/``v`` views), and every forward mode works in training and eval mode.
 """

@@ -3,7 +3,7 @@
 Paper: Y. Iwasawa, Y. Matsuo, "Test-Time Classifier Adjustment Module for Model-Agnostic Domain Generalization",
 NeurIPS 2021. Upstream: matsuolab/T3A; as adapted in Luchicken/BriMPR ``TTA/T3A.py`` (spec methods.md section 3).
 
-The support set starts from the classifier rows ``W = mlp_head.1.weight`` (their pseudo-labels and entropies come
+The support set starts from the classifier rows ``W = get_classifier().weight`` (their pseudo-labels and entropies come
 from ``W W^T + b``). Per batch: features ``f`` = output of the head LayerNorm (``mode="features"``), linear logits
 ``q = W f + b`` (fp32), append ``(f, onehot(argmax q), H(q))`` to the store, keep per class the ``filter_K``
 lowest-entropy entries (the store is replaced), prototypes = column-normalised sums of L2-normalised supports,

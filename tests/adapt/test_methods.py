@@ -312,3 +312,24 @@ def test_registry_errors(narrow) -> None:
     with pytest.raises(ValueError, match="source"):
         adapt.create_method("brimpr", copy.deepcopy(narrow))
     assert adapt.make_config("deyo", patch_len=2).to_dict()["patch_len"] == 2
+
+
+def test_declarations_are_served(narrow) -> None:
+    """What a method needs from the run is declared on the class and resolved generically (no per-class switch)."""
+    assert adapt.EATA.source_data.argument == "fisher" and adapt.BriMPR.source_data.argument == "source_stats"
+    assert adapt.EATA.source_data.size(adapt.make_config("eata", fisher_size=7)) == 7
+    assert adapt.Tent.source_data is None
+    # model facts < dataset preset < protocol override
+    assert adapt.BriMPR.run_config(narrow) == {"prompt_layers": min(11, narrow.depth)}
+    assert adapt.BriMPR.run_config(narrow, protocol="both")["tau"] == 0.25
+    assert "tau" not in adapt.BriMPR.run_config(narrow, protocol="video")
+
+    class Preset(adapt.Tent):
+        presets = {"ks50": {"lr": 1e-3, "seed": 4}}
+        protocol_overrides = {"both": {"lr": 2e-3}}
+
+    assert Preset.run_config(narrow, dataset="ks50", protocol="video") == {"lr": 1e-3, "seed": 4}
+    assert Preset.run_config(narrow, dataset="ks50", protocol="both") == {"lr": 2e-3, "seed": 4}
+    assert Preset.run_config(narrow, dataset="vgg", protocol="both") == {"lr": 2e-3}
+    with pytest.raises(TypeError, match="fisher"):
+        adapt.create_method("tent", copy.deepcopy(narrow), fisher={})

@@ -66,6 +66,11 @@ def test_all_methods_video_protocol(catalog, checkpoint, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["conditions"] == ["gaussian_noise", "fog"]
     # the source stats / Fisher caches were written as safetensors beside the catalog
     assert sorted(p.suffix for p in (catalog / "_cache").iterdir()) == [".safetensors", ".safetensors"]
+    # their names are the cache keys of earlier runs: <key>-<checkpoint>-<source set job>-<n>-f<frame>-<order>
+    names = sorted(p.name for p in (catalog / "_cache").iterdir())
+    assert [n.split("-")[0] for n in names] == ["brimpr", "fisher"]
+    assert names[0].endswith("-6-feval-ix.safetensors") and names[0].startswith("brimpr-stats-")
+    assert names[1].endswith("-6-feval-ix.safetensors")
     # rerunning gives identical numbers (deterministic shuffling and resets)
     again = run_adaptation(cfg(catalog, checkpoint, tmp_path / "run2", protocol="video", methods=("all",)))
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
