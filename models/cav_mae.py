@@ -410,22 +410,16 @@ class CAVMAEFT(nn.Module):
         return self.mlp_head[0](pooled) if pre_logits else self.head(pooled)
 
     def forward(
-        self,
-        audio: Tensor | None,
-        video: Tensor | None = None,
-        mode: str = "multimodal",
-        *,
-        prompts: Mapping[str, Tensor] | None = None,
-        keep: Mapping[str, tuple[Tensor, int]] | None = None,
+        self, audio: Tensor | None, video: Tensor | None = None, mode: str = "multimodal", **hooks: Mapping
     ) -> Tensor:
         """Logits ``[B, num_classes]`` (or ``[B, D]`` features) for one of :data:`MODES`.
 
         ``multimodal``/``features`` need both inputs; ``audioonly``/``missingaudioonly`` only ``audio`` and
         ``videoonly``/``missingvideoonly`` only ``video`` (the other argument is ignored and may be ``None``).
         ``features`` is the head LayerNorm ``mlp_head[0]`` of the pooled multimodal tokens (BriMPR's T3A input).
-        ``prompts`` and ``keep`` are the per-stack hooks of :meth:`encode` (keys ``"a"``, ``"v"``).
+        ``hooks`` are the ``prompts=`` and ``keep=`` of :meth:`forward_features` (per-stack hooks of :meth:`encode`).
         """
-        pooled = self.forward_features(audio, video, mode, prompts=prompts, keep=keep)
+        pooled = self.forward_features(audio, video, mode, **hooks)
         return self.forward_head(pooled, pre_logits=mode == "features")
 
     # ------------------------------------------------------------------ contracts of methods and training
