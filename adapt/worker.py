@@ -263,13 +263,14 @@ class AdaptationWorker:
             **self.cfg.method_config.get(name, {}),
         }
         need = cls.source_data
-        if need is not None:
+        config = make_config(name, **overrides)
+        if need is not None and need.needed(config):
             info = self.catalog.get(self.cfg.dataset, self.cfg.source_split)
             frame = str(self.cfg.frame)
             # the clips used are the first n of the reader's seeded order: the access mode is part of the key
             order = {"index": "ix", "stream": "st"}[self.cfg.access]
             meta = {"checkpoint": self._ckpt, "source_set": f"{info.path}:{info.job}", "frame": frame, "order": order}
-            n = need.size(make_config(name, **overrides))
+            n = need.size(config)
             name_parts = (need.cache_key, self._ckpt, info.job or "x", n, f"f{frame}", order)
             path = Path(self.cfg.catalog) / "_cache" / ("-".join(map(str, name_parts)) + ".safetensors")
             overrides[need.argument] = source_data_cached(need, model, self._source(n), path, n, metadata=meta)

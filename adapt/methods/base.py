@@ -105,6 +105,7 @@ class SourceData:
         compute: ``compute(model, source, num_clips) -> value`` over ``(audio, video, ...)`` batches.
         to_tensors: ``value -> {name: tensor}`` (the safetensors cache).
         from_tensors: ``(tensors, origin) -> value`` (``origin`` names the file in errors).
+        needed: ``needed(config)``: whether this config uses the source data at all (default: always).
     """
 
     argument: str
@@ -115,6 +116,7 @@ class SourceData:
     compute: Callable[[nn.Module, Iterable, int], Any]
     to_tensors: Callable[[Any], dict[str, Tensor]]
     from_tensors: Callable[[dict[str, Tensor], object], Any]
+    needed: Callable[[MethodConfig], bool] = lambda config: True
 
     def size(self, config: MethodConfig) -> int:
         """Number of source clips ``config`` asks for."""
@@ -161,7 +163,16 @@ class TTAMethod(abc.ABC):
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # dataset name -> config overrides
     protocol_overrides: ClassVar[dict[str, dict[str, Any]]] = {}  # protocol (video, audio, both, ...) -> overrides
 
-    def __init__(self, model: nn.Module, config: MethodConfig | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, config: MethodConfig | None = None, *, source: Iterable | None = None, **inputs: Any
+    ) -> None:
+        """Args:
+        model: the classifier, adapted in place.
+        config: the method's config (default: its defaults).
+        source: ``(audio, video)`` batches of clean source clips, to compute the declared ``source_data``.
+        **inputs: the declared source data, precomputed, under its keyword (EATA ``fisher=``, BriMPR
+            ``source_stats=``).
+        """
         if config is None:
             config = self.config_class()
         if not isinstance(config, self.config_class):
@@ -169,6 +180,12 @@ class TTAMethod(abc.ABC):
                 f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__} "
                 "(adapt/methods/base.py)"
             )
+        need = self.source_data
+        value = inputs.pop(need.argument, None) if need is not None else None
+        if inputs:
+            raise TypeError(f"{type(self).__name__} takes no {', '.join(sorted(inputs))}= (adapt/methods/base.py)")
+        # the declared source data, for init_state (computed first: the model is still the untouched source model)
+        self.source_value = self.source_input(model, config, value, source) if need and need.needed(config) else None
         self.model = model
         self.config = config
         self.device = _device_of(model)

@@ -146,21 +146,6 @@ class BriMPR(TTAMethod):
     )  # fmt: skip
     protocol_overrides = {"both": {"tau": 0.25}}  # run_both.py's contrastive temperature (spec methods.md 8)
 
-    def __init__(
-        self,
-        model: nn.Module,
-        config: BriMPRConfig | None = None,
-        *,
-        source_stats: SourceStats | dict[str, Tensor] | None = None,
-        source: Iterable | None = None,
-    ) -> None:
-        config = config or BriMPRConfig()
-        source_stats = self.source_input(model, config, source_stats, source)
-        if isinstance(source_stats, dict):
-            source_stats = SourceStats.from_dict(source_stats)
-        self._stats_in = source_stats
-        super().__init__(model, config)
-
     @classmethod
     def config_for_model(cls, model: nn.Module) -> dict[str, Any]:
         """Prompts in every modality-specific block: 11 for the released architecture, fewer on small variants."""
@@ -173,8 +158,8 @@ class BriMPR(TTAMethod):
             raise ValueError(
                 f"prompt_layers {cfg.prompt_layers} exceeds the stack depth {depth} (adapt/methods/brimpr.py)"
             )
-        stats = self._stats_in.to(self.device)
-        del self._stats_in
+        stats, self.source_value = self.source_value, None
+        stats = (SourceStats.from_dict(stats) if isinstance(stats, dict) else stats).to(self.device)
         for key in ("std_a", "mean_a", "std_v", "mean_v"):
             if tuple(getattr(stats, key).shape) != (depth, dim):
                 raise ValueError(

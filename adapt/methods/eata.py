@@ -130,20 +130,8 @@ class EATA(TTAMethod):
     source_data = SourceData(
         argument="fisher", cache_key="fisher", kind="eata-fisher", size_field="fisher_size", size_key="num_clips",
         compute=compute_fisher, to_tensors=fisher_to_tensors, from_tensors=fisher_from_tensors,
+        needed=lambda config: config.fisher_alpha > 0,  # fisher_alpha = 0 is ETA: no EWC term, no Fisher
     )  # fmt: skip
-
-    def __init__(
-        self,
-        model: nn.Module,
-        config: EATAConfig | None = None,
-        *,
-        fisher: FisherTable | None = None,
-        source: Iterable | None = None,
-    ) -> None:
-        config = config or EATAConfig()
-        # fisher_alpha = 0 is ETA: no EWC term, no Fisher needed.
-        self._fisher_in = self.source_input(model, config, fisher, source) if config.fisher_alpha > 0 else None
-        super().__init__(model, config)
 
     def trainable_groups(self) -> tuple[str, ...]:
         return PARAM_GROUPS
@@ -151,7 +139,7 @@ class EATA(TTAMethod):
     def init_state(self) -> None:
         self.e_margin = self.config.e_margin * math.log(self.num_classes)
         self.fisher: list[tuple[nn.Parameter, Tensor, Tensor]] = []
-        table, self._fisher_in = self._fisher_in, None
+        table, self.source_value = self.source_value, None
         params = dict(self.model.named_parameters())
         for name, (fisher, anchor) in (table or {}).items():
             if name not in params:

@@ -333,3 +333,6 @@ def test_declarations_are_served(narrow) -> None:
     assert Preset.run_config(narrow, dataset="vgg", protocol="both") == {"lr": 2e-3}
     with pytest.raises(TypeError, match="fisher"):
         adapt.create_method("tent", copy.deepcopy(narrow), fisher={})
+    # fisher_alpha = 0 (ETA) declares that it needs no Fisher: no source data asked for
+    assert not adapt.EATA.source_data.needed(adapt.make_config("eata", fisher_alpha=0.0))
+    assert adapt.create_method("eata", copy.deepcopy(narrow), fisher_alpha=0.0).fisher == []
