@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from avtta.shards.io import atomic_path, atomic_write
 
 RESULTS_FILE = "results.parquet"
 
@@ -87,7 +88,8 @@ def heatmap(rows: list[dict[str, Any]], path: str | Path, metric: str = "accurac
     fig.colorbar(im, ax=ax, label=f"{metric} (%)")
     ax.set_title(title or f"{metric} (%) per method and condition")
     path = Path(path)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -97,14 +99,16 @@ def write_report(rows: list[dict[str, Any]], out: str | Path, quiet: bool = Fals
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows)
-    pq.write_table(table, out / RESULTS_FILE)
-    pacsv.write_csv(table, out / "results.csv")
+    with atomic_path(out / RESULTS_FILE) as tmp:
+        pq.write_table(table, tmp)
+    with atomic_path(out / "results.csv") as tmp:
+        pacsv.write_csv(table, tmp)
     text = "Accuracy (%), mean over seeds (± std)\n\n" + markdown_table(rows)
     if rows and "accuracy_batch_avg" in rows[0]:
         text += "\n\nReference metric (per-batch-averaged accuracy, spec item 1)\n\n" + markdown_table(
             rows, "accuracy_batch_avg"
         )
-    (out / "table.md").write_text(text + "\n")
+    atomic_write(out / "table.md", text + "\n")
     heatmap(rows, out / "heatmap.png")
     if not quiet:
         print(text)

@@ -1,62 +1,49 @@
-"""Source-data helpers: taking N clips from a batch iterable, and safetensors I/O for cached statistics.
+"""The cache of the methods' source data (application side): safetensors files with string metadata, never pickle.
 
-EATA's Fisher information (spec methods.md 4.1) and BriMPR's source statistics (8.5) are computed once per
-(checkpoint, source set) from clean training clips. The worker caches them; these helpers keep the files in
-safetensors with string metadata (never pickle).
+A method declares the statistics it needs from clean source clips as a :class:`~avtta.adapt.methods.SourceData`
+(EATA's Fisher information, spec methods.md 4.1; BriMPR's source statistics, 8.5). They are computed once per
+(checkpoint, source set): :func:`source_data_cached` loads them from a file or computes and writes them (atomically),
+checking the metadata recorded with them. :func:`fisher_cached` / :func:`source_stats_cached` and the save/load
+loaders are the same for EATA and BriMPR by name.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
+from avtta.shards.io import atomic_path
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
+
+from .methods import EATA, BriMPR, FisherTable, SourceData, SourceStats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["cached_tensors", "load_tensors", "save_tensors", "take_clips"]
-
-Batch = tuple[Tensor, Tensor]
-
-
-def take_clips(source: Iterable, num_clips: int) -> Iterator[Batch]:
-    """Yield ``(audio, video)`` batches from ``source`` until ``num_clips`` clips were produced.
-
-    Batches may carry extra items (e.g. labels); only the first two are used. The last batch is truncated
-    so that exactly ``min(num_clips, available)`` clips are yielded.
-    """
-    if num_clips <= 0:
-        raise ValueError(f"num_clips must be positive, got {num_clips} (adapt/source_data.py)")
-    left = num_clips
-    for batch in source:
-        if not isinstance(batch, tuple | list) or len(batch) < 2:
-            raise TypeError(
-                f"source batches must be (audio, video, ...) tuples, got {type(batch)} (adapt/source_data.py)"
-            )
-        audio, video = batch[0], batch[1]
-        if audio.shape[0] != video.shape[0]:
-            raise ValueError(
-                f"audio and video batch sizes differ: {audio.shape[0]} vs {video.shape[0]} (adapt/source_data.py)"
-            )
-        n = min(left, audio.shape[0])
-        yield audio[:n], video[:n]
-        left -= n
-        if left == 0:
-            return
+__all__ = [
+    "cached_tensors",
+    "fisher_cached",
+    "load_fisher",
+    "load_source_data",
+    "load_source_stats",
+    "load_tensors",
+    "save_source_data",
+    "save_tensors",
+    "source_data_cached",
+    "source_stats_cached",
+]
 
 
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> Path:
-    """Write ``tensors`` (moved to CPU, made contiguous) to a safetensors file, creating parent folders."""
+    """Write ``tensors`` (moved to CPU, made contiguous) to a safetensors file atomically, creating parent folders."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(cpu, str(tmp), metadata=meta)
-    tmp.replace(path)  # atomic: a crashed writer never leaves a half file behind
+    with atomic_path(path) as tmp:  # a crashed writer never leaves a half file behind
+        save_file(cpu, str(tmp), metadata=meta)
     return path
 
 
@@ -93,3 +80,58 @@ def cached_tensors(
     save_tensors(path, tensors, metadata)
     logger.info("saved statistics to %s", path)
     return {k: v.to(device) for k, v in tensors.items()}
+
+
+# ---------------------------------------------------------------------- generic over a method's declaration
+def source_data_cached(
+    need: SourceData,
+    model: nn.Module,
+    source: Iterable,
+    path: str | Path,
+    num_clips: int,
+    metadata: dict[str, str] | None = None,
+) -> Any:
+    """Load the declared source data at ``path`` or compute it from ``num_clips`` clips of ``source`` and save it.
+
+    The caller keys ``path`` by checkpoint and source set; ``metadata`` (with ``kind`` and the clip count) is stored
+    in the file and checked on load.
+    """
+    meta = {"kind": need.kind, need.size_key: str(num_clips), **(metadata or {})}
+    tensors = cached_tensors(path, lambda: need.to_tensors(need.compute(model, source, num_clips)), meta)
+    return need.from_tensors(tensors, path)
+
+
+def save_source_data(need: SourceData, path: str | Path, value: Any, metadata: dict[str, str] | None = None) -> Path:
+    """Write declared source data as safetensors (its ``to_tensors`` keys, ``kind`` in the metadata)."""
+    return save_tensors(path, need.to_tensors(value), {"kind": need.kind, **(metadata or {})})
+
+
+def load_source_data(need: SourceData, path: str | Path, device: torch.device | str = "cpu") -> Any:
+    """Read declared source data written by :func:`save_source_data` or :func:`source_data_cached`."""
+    tensors, _ = load_tensors(path, device)
+    return need.from_tensors(tensors, path)
+
+
+# ---------------------------------------------------------------------- the same by name
+def fisher_cached(
+    model: nn.Module, source: Iterable, path: str | Path, num_clips: int = 2000, metadata: dict[str, str] | None = None
+) -> FisherTable:
+    """EATA's Fisher table at ``path``, computed from ``source`` and saved there when missing."""
+    return source_data_cached(EATA.source_data, model, source, path, num_clips, metadata)
+
+
+def source_stats_cached(
+    model: nn.Module, source: Iterable, path: str | Path, num_samples: int = 32, metadata: dict[str, str] | None = None
+) -> SourceStats:
+    """BriMPR's source statistics at ``path``, computed from ``source`` and saved there when missing."""
+    return source_data_cached(BriMPR.source_data, model, source, path, num_samples, metadata)
+
+
+def load_fisher(path: str | Path, device: torch.device | str = "cpu") -> FisherTable:
+    """Read a Fisher table written by :func:`fisher_cached` (or :func:`save_source_data`)."""
+    return load_source_data(EATA.source_data, path, device)
+
+
+def load_source_stats(path: str | Path, device: torch.device | str = "cpu") -> SourceStats:
+    """Read statistics written by :func:`source_stats_cached` (or :func:`save_source_data`)."""
+    return load_source_data(BriMPR.source_data, path, device)

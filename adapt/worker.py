@@ -9,6 +9,10 @@ continually adapted model.
 
 Jobs run in this process, or, with ``ray_address``, on Ray actors (one GPU each when the cluster has GPUs) that each
 hold a model, fed by the shard reader (``avtta.manifests.open_dataset``); the rows are gathered into one results table.
+The worker names no method: it serves what each method class declares (``adapt/methods/base.py``): the source data
+(computed once from ``--source-split`` clips and cached under ``<catalog>/_cache``), the per-dataset ``presets``, the
+per-protocol overrides and the model facts, below the user's ``--method-config``.
+
 Independent jobs give identical numbers wherever they run, because ``reset()`` restores the model and optimiser
 exactly and every random draw comes from generators seeded by (seed, ...).
 
@@ -30,46 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from avtta.corruptions import AUDIO_ORDER, AV_ORDER, VIDEO_ORDER, CorruptionSpec, format_spec
+from avtta.shards.io import atomic_write, file_digest
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-# Reference orders (BriMPR run.py); sets not listed here follow in alphabetical order.
-VIDEO_ORDER = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-AUDIO_ORDER = ("gaussian_noise", "traffic", "crowd", "rain", "thunder", "wind")
-AV_ORDER = (
-    "gaussian",
-    "impulse",
-    "shot",
-    "speckle",
-    "compression",
-    "snow",
-    "frost",
-    "spatter",
-    "wind",
-    "rain",
-    "underwater",
-    "concert",
-    "smoke",
-    "crowd",
-    "interference",
-)
 PROTOCOLS = ("clean", "video", "audio", "both", "av")
 
 
@@ -80,7 +50,7 @@ class Condition:
     name: str  # e.g. "fog", "fog+rain", "clean"
     modality: str  # clean | video | audio | both | av
     severity: int
-    selection: tuple[str, ...]  # one or two "modality:name@severity" strings (or "clean")
+    selection: tuple[str, ...]  # one or two ``format_spec`` strings ("modality:name@severity" or "clean")
 
     @property
     def reader_selection(self) -> str | tuple[str, str]:
@@ -151,7 +121,7 @@ def resolve_conditions(cfg: AdaptConfig, catalog: Any) -> list[Condition]:
             have = {s.corruption for s in catalog.select(cfg.dataset, cfg.split, cfg.protocol, severity=sev)}
             order = {"video": VIDEO_ORDER, "audio": AUDIO_ORDER, "av": AV_ORDER}[cfg.protocol]
             names = _pick(cfg.corruptions, have, order, f"{cfg.protocol} sets at severity {sev}", cfg)
-            conditions += [Condition(n, cfg.protocol, sev, (f"{cfg.protocol}:{n}@{sev}",)) for n in names]
+            conditions += [Condition(n, cfg.protocol, sev, (format_spec(cfg.protocol, n, sev),)) for n in names]
         else:  # both: video corruption x audio corruption (names given as video+audio, or all x all)
             vhave = {s.corruption for s in catalog.select(cfg.dataset, cfg.split, "video", severity=sev)}
             ahave = {s.corruption for s in catalog.select(cfg.dataset, cfg.split, "audio", severity=sev)}
@@ -170,7 +140,8 @@ def resolve_conditions(cfg: AdaptConfig, catalog: Any) -> list[Condition]:
                             )
                     pairs.append((v, a))
             conditions += [
-                Condition(f"{v}+{a}", "both", sev, (f"video:{v}@{sev}", f"audio:{a}@{sev}")) for v, a in pairs
+                Condition(f"{v}+{a}", "both", sev, (format_spec("video", v, sev), format_spec("audio", a, sev)))
+                for v, a in pairs
             ]
     if not conditions:
         raise ValueError(f"nothing to run: no {cfg.protocol} shard sets of {cfg.dataset}/{cfg.split} in {cfg.catalog}")
@@ -203,13 +174,15 @@ def plan_jobs(cfg: AdaptConfig, conditions: list[Condition], methods: list[str])
 
 
 def checkpoint_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
+    """16 hex digits of the sha256 of a checkpoint file, or of a folder's files' bytes in name order (cache keys)."""
     p = Path(path)
-    files = sorted(p.rglob("*")) if p.is_dir() else [p]
-    for f in files:
+    if not p.is_dir():
+        return file_digest(p)[1][:16]
+    h = hashlib.sha256()
+    for f in sorted(p.rglob("*")):
         if f.is_file():
             with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()[:16]
 
@@ -273,37 +246,35 @@ class AdaptationWorker:
             seen += take
 
     def method(self, name: str) -> Any:
-        """The method ``name`` over its own model (built once per worker, reset between jobs)."""
+        """The method ``name`` over its own model (built once per worker, reset between jobs).
+
+        Serves the method's declarations: its config is model facts < dataset preset < protocol override < the run's
+        precision < ``--method-config``; its source data is loaded from (or computed into) the catalog's cache.
+        """
         if name in self._methods:
             return self._methods[name]
-        from avtta.adapt import create_method, fisher_cached, source_stats_cached
+        from avtta.adapt import create_method, get_method_class, make_config, source_data_cached
 
+        cls = get_method_class(name)
         model = self.build_model()
-        overrides = dict(self.cfg.method_config.get(name, {}))
-        if "precision" not in overrides:
-            overrides["precision"] = self.cfg.precision
-        if name == "brimpr":
-            if self.cfg.protocol == "both":
-                overrides.setdefault("tau", 0.25)  # run_both.py's contrastive temperature (spec methods.md 8)
-            # prompts in every modality-specific block (11 for the released architecture; fewer on small variants)
-            overrides.setdefault("prompt_layers", min(11, len(model.blocks_a), len(model.blocks_v)))
-        kwargs: dict[str, Any] = {}
-        if name in ("eata", "brimpr"):
+        overrides = {
+            **cls.run_config(model, dataset=self.cfg.dataset, protocol=self.cfg.protocol),
+            "precision": self.cfg.precision,
+            **self.cfg.method_config.get(name, {}),
+        }
+        need = cls.source_data
+        config = make_config(name, **overrides)
+        if need is not None and need.needed(config):
             info = self.catalog.get(self.cfg.dataset, self.cfg.source_split)
-            cache = Path(self.cfg.catalog) / "_cache"
             frame = str(self.cfg.frame)
             # the clips used are the first n of the reader's seeded order: the access mode is part of the key
             order = {"index": "ix", "stream": "st"}[self.cfg.access]
             meta = {"checkpoint": self._ckpt, "source_set": f"{info.path}:{info.job}", "frame": frame, "order": order}
-            if name == "eata":
-                n = int(overrides.get("fisher_size", 2000))
-                path = cache / f"fisher-{self._ckpt}-{info.job or 'x'}-{n}-f{frame}-{order}.safetensors"
-                kwargs["fisher"] = fisher_cached(model, self._source(n), path, num_clips=n, metadata=meta)
-            else:
-                n = int(overrides.get("num_samples_source", 32))
-                path = cache / f"brimpr-stats-{self._ckpt}-{info.job or 'x'}-{n}-f{frame}-{order}.safetensors"
-                kwargs["source_stats"] = source_stats_cached(model, self._source(n), path, num_samples=n, metadata=meta)
-        method = create_method(name, model, **kwargs, **overrides)
+            n = need.size(config)
+            name_parts = (need.cache_key, self._ckpt, info.job or "x", n, f"f{frame}", order)
+            path = Path(self.cfg.catalog) / "_cache" / ("-".join(map(str, name_parts)) + ".safetensors")
+            overrides[need.argument] = source_data_cached(need, model, self._source(n), path, n, metadata=meta)
+        method = create_method(name, model, **overrides)
         self._methods[name] = method
         return method
 
@@ -378,8 +349,8 @@ def run_adaptation(cfg: AdaptConfig) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     resolved = asdict(cfg)
     resolved.update(conditions=[c.name for c in conditions], methods=methods, device=str(pick_device(cfg.device)))
-    (out / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
-    per_job = {c.name: catalog.get(cfg.dataset, cfg.split, *_split_sel(c.selection[0])).samples for c in conditions}
+    atomic_write(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
+    per_job = {c.name: catalog.get(cfg.dataset, cfg.split, *_spec_key(c.selection[0])).samples for c in conditions}
     total = sum(per_job[c.name] for j in jobs for c in j.conditions)
     log.info(
         "%d jobs: %d methods x %d conditions x %d seeds%s",
@@ -401,10 +372,9 @@ def run_adaptation(cfg: AdaptConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def _split_sel(sel: str) -> tuple[str, str, int]:
-    from avtta.manifests import parse_selection
-
-    return parse_selection(sel)
+def _spec_key(selection: str) -> tuple[str, str, int]:
+    spec = CorruptionSpec.parse(selection, strict=False)  # imported sets may carry names outside the registry
+    return spec.modality, spec.name, spec.severity
 
 
 def _run_on_ray(cfg: AdaptConfig, jobs: list[Job], total: int) -> list[dict[str, Any]]:

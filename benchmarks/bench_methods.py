@@ -68,7 +68,7 @@ def make_inputs(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def make_model(width: int, heads: int, head_scale: float = 30.0) -> torch.nn.Module:
     model = create_model("cav_mae_ft_base", num_classes=50, embed_dim=width, num_heads=heads, init_seed=0)
     with torch.no_grad():
-        model.mlp_head[1].weight.mul_(head_scale)
+        model.get_classifier().weight.mul_(head_scale)
     return model
 
 
@@ -82,7 +82,9 @@ def run_ours(
     config: dict = {"eata": {"fisher_size": source[0].shape[0]}, "deyo": {"plpd_threshold": plpd}}.get(name, {})
     if name == "brimpr":
         config = {"num_samples_source": source[0].shape[0]}
-    method = adapt.create_method(name, model, source=[source] if name in ("eata", "brimpr") else None, **config)
+    method = adapt.create_method(
+        name, model, source=[source] if adapt.get_method_class(name).source_data else None, **config
+    )
     if prompts is not None:
         with torch.no_grad():
             method.prompts_a.copy_(prompts["a"])

@@ -5,6 +5,14 @@ Upstream code: https://github.com/YuanGongND/cav-mae (``src/models/cav_mae.py``,
 Behaviour follows the project specification (``spec/model-cav-mae.md``); parameter names equal the released
 checkpoints' keys without the ``module.`` prefix, so those checkpoints load strictly (see ``checkpoint.py``).
 
+One composition, used by ``forward``, training's ``eval_logits``, BriMPR and the source statistics alike:
+:meth:`CAVMAEFT.encode` (tokens -> optional masking hook -> a modality's own blocks, with optional deep prompts and
+per-block features) -> :meth:`CAVMAEFT.fuse_pool` (fusion block, final LayerNorm, mean; per forward mode) ->
+:meth:`CAVMAEFT.forward_head`. Methods and training reach the model through that contract and through
+``get_classifier()``, ``no_weight_decay()``, ``param_groups()`` / ``select_parameters()`` and ``depth``,
+``embed_dim``, ``num_classes``; the smaller pieces (``embed_audio``, ``run_stack``, ``fuse``, ``pool``, ``head``,
+``keep_tokens``) stay public.
+
 Deliberate differences from the references (spec README items 6 and 10): the fusion block owns one ``qkv``
 projection only (no READ/BriMPR ``q``/``k``/``v`` views), and every forward mode works in training and eval mode.
 """
@@ -12,6 +20,7 @@ projection only (no READ/BriMPR ``q``/``k``/``v`` views), and every forward mode
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -326,34 +335,103 @@ class CAVMAEFT(nn.Module):
         index = torch.argsort(noise, dim=1)[:, :keep].to(tokens.device)
         return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
-    # ------------------------------------------------------------------ forward
-    def forward(self, audio: Tensor | None, video: Tensor | None = None, mode: str = "multimodal") -> Tensor:
-        """Logits ``[B, num_classes]`` (or ``[B, D]`` features) for one of :data:`MODES`.
+    # ------------------------------------------------------------------ the one composition
+    def encode(
+        self,
+        modality: str,
+        inputs: Tensor,
+        *,
+        prompts: Tensor | None = None,
+        keep: tuple[Tensor, int] | None = None,
+        layer_features: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """One modality up to fusion: tokens (``embed_audio`` / ``embed_video``) -> masking -> its own blocks.
 
-        ``multimodal``/``features`` need both inputs; ``audioonly``/``missingaudioonly`` only ``audio`` and
-        ``videoonly``/``missingvideoonly`` only ``video`` (the other argument is ignored and may be ``None``).
-        ``features`` is the head LayerNorm ``mlp_head[0]`` of the pooled multimodal tokens (BriMPR's T3A input).
+        Args:
+            modality: ``"a"`` (``inputs`` = fbank ``[B, T, F]``) or ``"v"`` (frames ``[B, C, H, W]``).
+            inputs: the model input of that modality.
+            prompts: deep prompts of the stack (hook, see :meth:`run_stack`).
+            keep: masking hook ``(noise [B, N], count)``: keep the ``count`` tokens with the lowest noise
+                (:meth:`keep_tokens`) before the blocks.
+            layer_features: also return the per-block features of :meth:`run_stack`.
         """
+        if modality not in ("a", "v"):
+            raise ValueError(f"encode: modality must be 'a' or 'v', got {modality!r}")
+        tokens = self.embed_audio(inputs) if modality == "a" else self.embed_video(inputs)
+        if keep is not None:
+            tokens = self.keep_tokens(tokens, *keep)
+        return self.run_stack(tokens, modality, prompts=prompts, layer_features=layer_features)
+
+    def fuse_pool(self, audio_tokens: Tensor | None, video_tokens: Tensor | None, route: str = "multimodal") -> Tensor:
+        """Fusion, final LayerNorm and mean of encoded tokens -> pooled ``[B, D]`` for a forward mode's route.
+
+        ``multimodal``: both token sets through the unified norms; ``audioonly``/``videoonly``: one set through its
+        modality norms; ``missingaudioonly``/``missingvideoonly``: the mean of the unified and the modality pass
+        (a multimodal model given one modality; also BriMPR's unimodal representations).
+        """
+        if route == "multimodal":
+            return self.pool(self.fuse(torch.cat((audio_tokens, video_tokens), dim=1), "u"), "norm")
+        if route not in MODES or route == "features":
+            raise ValueError(f"fuse_pool: unknown route {route!r}; expected one of {MODES[:-1]}")
+        selector, tokens = ("a", audio_tokens) if route in _AUDIO_MODES else ("v", video_tokens)
+        pooled = self.pool(self.fuse(tokens, selector), f"norm_{selector}")
+        if route.startswith("missing"):
+            pooled = (self.pool(self.fuse(tokens, "u"), "norm") + pooled) / 2
+        return pooled
+
+    def forward_features(
+        self,
+        audio: Tensor | None,
+        video: Tensor | None = None,
+        mode: str = "multimodal",
+        *,
+        prompts: Mapping[str, Tensor] | None = None,
+        keep: Mapping[str, tuple[Tensor, int]] | None = None,
+    ) -> Tensor:
+        """Pooled features ``[B, D]`` before the head: :meth:`encode` of the modalities ``mode`` uses, then
+        :meth:`fuse_pool`. ``prompts`` / ``keep`` map ``"a"`` / ``"v"`` to that stack's hook arguments."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         if mode in _AUDIO_MODES and audio is None:
             raise ValueError(f"mode {mode!r} needs audio, got None")
         if mode in _VIDEO_MODES and video is None:
             raise ValueError(f"mode {mode!r} needs video, got None")
-        if mode in ("multimodal", "features"):
-            a = self.run_stack(self.embed_audio(audio), "a")
-            v = self.run_stack(self.embed_video(video), "v")
-            pooled = self.pool(self.fuse(torch.cat((a, v), dim=1), "u"), "norm")
-            return self.mlp_head[0](pooled) if mode == "features" else self.head(pooled)
-        if mode in ("audioonly", "missingaudioonly"):
-            tokens, selector = self.run_stack(self.embed_audio(audio), "a"), "a"
-        else:
-            tokens, selector = self.run_stack(self.embed_video(video), "v"), "v"
-        pooled = self.pool(self.fuse(tokens, selector), f"norm_{selector}")
-        if mode.startswith("missing"):
-            # A multimodal model given one modality: average the unified- and modality-norm passes.
-            pooled = (self.pool(self.fuse(tokens, "u"), "norm") + pooled) / 2
-        return self.head(pooled)
+        prompts, keep = prompts or {}, keep or {}
+        encoded = {
+            modality: self.encode(modality, inputs, prompts=prompts.get(modality), keep=keep.get(modality))
+            for modality, inputs, used in (("a", audio, _AUDIO_MODES), ("v", video, _VIDEO_MODES))
+            if mode in used
+        }
+        route = "multimodal" if mode == "features" else mode
+        return self.fuse_pool(encoded.get("a"), encoded.get("v"), route)
+
+    def forward_head(self, pooled: Tensor, pre_logits: bool = False) -> Tensor:
+        """Logits of pooled features, or with ``pre_logits`` the head LayerNorm's output (T3A's features)."""
+        return self.mlp_head[0](pooled) if pre_logits else self.head(pooled)
+
+    def forward(
+        self, audio: Tensor | None, video: Tensor | None = None, mode: str = "multimodal", **hooks: Mapping
+    ) -> Tensor:
+        """Logits ``[B, num_classes]`` (or ``[B, D]`` features) for one of :data:`MODES`.
+
+        ``multimodal``/``features`` need both inputs; ``audioonly``/``missingaudioonly`` only ``audio`` and
+        ``videoonly``/``missingvideoonly`` only ``video`` (the other argument is ignored and may be ``None``).
+        ``features`` is the head LayerNorm ``mlp_head[0]`` of the pooled multimodal tokens (BriMPR's T3A input).
+        ``hooks`` are the ``prompts=`` and ``keep=`` of :meth:`forward_features` (per-stack hooks of :meth:`encode`).
+        """
+        pooled = self.forward_features(audio, video, mode, **hooks)
+        return self.forward_head(pooled, pre_logits=mode == "features")
+
+    # ------------------------------------------------------------------ contracts of methods and training
+    def get_classifier(self) -> nn.Linear:
+        """The final ``Linear(D, num_classes)`` (``mlp_head.1``): T3A's templates, the fine-tuning head."""
+        return self.mlp_head[1]
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names trained without weight decay: LayerNorms, embeddings and biases (usual ViT practice)."""
+        groups = self.param_groups()
+        names = set(groups["norms"]) | set(groups["embed"])
+        return names | {name for name, _ in self.named_parameters() if name.endswith(".bias")}
 
     # ------------------------------------------------------------------ parameter groups
     def param_groups(self) -> dict[str, list[str]]:

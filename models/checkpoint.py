@@ -167,15 +167,12 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: Mapping[str, s
     config = _config_of(model)
     tensors = {name: value.detach().to("cpu").contiguous() for name, value in model.state_dict().items()}
     header = {**(metadata or {}), "avtta_config": json.dumps(config, sort_keys=True)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write to temporary names first so an interrupted save never leaves a half-written checkpoint in place.
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    config_path = path.with_suffix(".json")
-    tmp_config = config_path.with_name(config_path.name + ".tmp")
-    tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    tmp_config.replace(config_path)
+    from avtta.shards.io import atomic_path, atomic_write  # file writing only: the model code needs no data package
+
+    # Atomic writes, so an interrupted save never leaves a half-written checkpoint in place.
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    atomic_write(path.with_suffix(".json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
 
 

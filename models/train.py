@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from avtta.shards.io import atomic_path, atomic_write
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -154,12 +155,11 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 def _build_optimizer(model: CAVMAEFT, cfg: TrainConfig) -> torch.optim.AdamW:
     head = {name for name, _ in model.select_parameters("head")}
-    # No weight decay on LayerNorms, biases and embeddings (usual ViT practice).
-    no_decay = set(model.param_groups()["norms"]) | set(model.param_groups()["embed"])
+    no_decay = model.no_weight_decay()
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            key = (name in head, name in no_decay or name.endswith(".bias"))
+            key = (name in head, name in no_decay)
             groups.setdefault(key, []).append(param)
     param_groups = []
     for (is_head, is_no_decay), params in sorted(groups.items()):
@@ -195,20 +195,9 @@ def eval_logits(model: CAVMAEFT, audio: Tensor, video: Tensor, train_mode: str =
 
     Equal to ``model(audio, video, mode)`` for each head's mode, with one run of each stack instead of one per head.
     """
-    heads = EVAL_MODES[train_mode]
-    a = model.run_stack(model.embed_audio(audio), "a") if train_mode != "videoonly" else None
-    v = model.run_stack(model.embed_video(video), "v") if train_mode != "audioonly" else None
-    out = {}
-    for name, mode in heads.items():
-        if mode == "multimodal":
-            pooled = model.pool(model.fuse(torch.cat((a, v), 1), "u"), "norm")
-        else:
-            tokens, sel = (a, "a") if name == "audio" else (v, "v")
-            pooled = model.pool(model.fuse(tokens, sel), f"norm_{sel}")
-            if mode.startswith("missing"):
-                pooled = (model.pool(model.fuse(tokens, "u"), "norm") + pooled) / 2
-        out[name] = model.head(pooled)
-    return out
+    a = model.encode("a", audio) if train_mode != "videoonly" else None
+    v = model.encode("v", video) if train_mode != "audioonly" else None
+    return {name: model.head(model.fuse_pool(a, v, mode)) for name, mode in EVAL_MODES[train_mode].items()}
 
 
 @torch.no_grad()
@@ -257,12 +246,9 @@ def _save_state(path: Path, model: CAVMAEFT, optimizer: torch.optim.Optimizer, s
         "optim_scalars": scalars,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp_meta = path.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    tmp.replace(path)
-    tmp_meta.replace(path.with_suffix(".json"))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1))
 
 
 def _load_state(path: Path, model: CAVMAEFT, optimizer: torch.optim.Optimizer, scaler) -> dict:
@@ -378,7 +364,7 @@ def train(
     if resume and state_path.exists():
         progress = _load_state(state_path, model, optimizer, scaler)
         _log.info("resuming %s after epoch %d (step %d)", out, progress["epochs_done"], progress["step"])
-    (out / "train_config.json").write_text(json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
+    atomic_write(out / "train_config.json", json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
     history: list[dict[str, Any]] = progress["history"]
     step = progress["step"]
 
@@ -423,7 +409,7 @@ def train(
         _log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, {k: round(v, 4) for k, v in record.items()})
         # Model first, then the resume state: a crash in between repeats one epoch at worst.
         save_checkpoint(model, out / "model.safetensors")
-        (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+        atomic_write(out / "history.json", json.dumps(history, indent=1) + "\n")
         progress = {"epochs_done": epoch + 1, "step": step, "history": history}
         _save_state(state_path, model, optimizer, scaler, progress)
 

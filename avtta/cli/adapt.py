@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import config_from_args
+from ._common import config_from_args, config_parser_kwargs
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -31,61 +31,65 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Stream the selected shard sets batch by batch and update each method online (one step per "
         "batch). Resets per corruption and seed (never with --continual). Writes results.parquet/csv, table.md, "
         "heatmap.png and config.json under --out.",
+        **config_parser_kwargs("avtta.adapt.worker:AdaptConfig"),  # unset options keep AdaptConfig's defaults
     )
     p.add_argument("--catalog", required=True, help="output root of `avtta shard` / `avtta import`")
     p.add_argument("--dataset", required=True)
     p.add_argument(
         "--protocol",
-        default="video",
-        choices=["clean", "video", "audio", "both", "av"],
+        choices=("clean", "video", "audio", "both", "av"),
         help="video/audio: one modality corrupted (BriMPR run.py); both: video x audio pairs "
         "(run_both.py); av: AVRobustBench pairs; clean",
     )
     p.add_argument(
         "--corruptions",
         type=_names,
-        default=("all",),
-        help="comma-separated names, 'all' (default); for --protocol both: VIDEO+AUDIO pairs",
+        help="comma-separated names or 'all'; for --protocol both: VIDEO+AUDIO pairs",
     )
-    p.add_argument("--severity", type=_ints, default=(5,), help="severity or list/range, e.g. 5 or 1-5 (default 5)")
-    p.add_argument("--methods", type=_names, default=("all",), help="all (default) or e.g. source,tent,read")
+    p.add_argument("--severity", type=_ints, help="severity or list/range, e.g. 5 or 1-5")
+    p.add_argument("--methods", type=_names, help="all or e.g. source,tent,read")
     p.add_argument("--checkpoint", required=True, help="released CAV-MAE .pth or an avtta checkpoint")
-    p.add_argument("--model", help="model variant for a released .pth (default cav_mae_ft_base)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--source-split", default="train", help="clean split for EATA's Fisher and BriMPR's statistics")
-    p.add_argument("--seeds", type=_ints, default=(111, 222, 333))
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--model", help="model variant for a released .pth (default: the checkpoint's, else cav_mae_ft_base)"
+    )
+    p.add_argument("--split", help="test split")
+    p.add_argument(
+        "--source-split",
+        dest="source_split",
+        help="clean split for the methods' source data: EATA's Fisher, BriMPR's statistics",
+    )
+    p.add_argument("--seeds", type=_ints, help="run seeds, a list or range, e.g. 1,2,3 or 1-3")
+    p.add_argument("--batch-size", type=int, dest="batch_size", help="clips per online step")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument(
         "--precision",
-        default="fp32",
-        choices=["fp32", "fp16", "bf16"],
-        help="fp16 = autocast + GradScaler as the references (CUDA only)",
+        choices=("fp32", "fp16", "bf16"),
+        help="fp16 = autocast + GradScaler as the references, CUDA only",
     )
     p.add_argument("--continual", action="store_true", help="never reset between corruptions")
     p.add_argument(
         "--method-config",
         type=json.loads,
-        default={},
+        dest="method_config",
         help='per-method overrides as JSON, e.g. \'{"brimpr": {"tau": 0.25}, "tent": {"lr": 5e-5}}\'',
     )
     p.add_argument(
         "--frame",
-        default="eval",
         type=lambda t: t if t == "eval" else int(t),
-        help="input frame: eval = frame_5 as READ/BriMPR (default), or an index, e.g. 4 as AVRobustBench",
+        help="input frame: eval = frame_5 as READ/BriMPR, or an index, e.g. 4 as AVRobustBench",
     )
-    p.add_argument("--workers", type=int, default=2, dest="num_workers", help="DataLoader workers (default 2)")
+    p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader workers")
     p.add_argument(
         "--access",
         choices=("index", "stream"),
-        default="index",
-        help="shard reading: index = random access by the member index (default), stream = sequential webdataset "
+        help="shard reading: index = random access by the member index, stream = sequential webdataset "
         "iterators (for storage where only sequential reads are cheap; another sample order)",
     )
-    p.add_argument("--ray-address", help="fan (method, corruption, seed) jobs out over a Ray cluster")
-    p.add_argument("--out", default="runs/adapt", help="run folder (default runs/adapt)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--ray-address", dest="ray_address", help="fan (method, corruption, seed) jobs out over a Ray cluster"
+    )
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--no-progress", action="store_true", dest="no_progress", help="no progress bar")
     p.set_defaults(func=run)
 
 

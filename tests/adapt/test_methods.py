@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from avtta.adapt.losses import shuffle_patches
+from avtta.adapt.methods.losses import shuffle_patches
 from avtta.models import create_model
 
 from avtta import adapt
@@ -116,7 +116,7 @@ def test_full_width_parameter_selection() -> None:
     """Spec table 0.4 at the released width (no forward needed)."""
     model = create_model("cav_mae_ft_base", num_classes=50)
     dim = 768
-    zeros = adapt.SourceStats(*(torch.zeros(11 if k[-1] in "av" else 1, dim) for k in adapt.brimpr._STAT_KEYS))
+    zeros = adapt.SourceStats(*(torch.zeros(11 if k[-1] in "av" else 1, dim) for k in adapt.methods.brimpr._STAT_KEYS))
     lower = {
         f"{stack}.{i}.{ln}.{kind}"
         for stack in ("blocks_a", "blocks_v")
@@ -312,3 +312,27 @@ def test_registry_errors(narrow) -> None:
     with pytest.raises(ValueError, match="source"):
         adapt.create_method("brimpr", copy.deepcopy(narrow))
     assert adapt.make_config("deyo", patch_len=2).to_dict()["patch_len"] == 2
+
+
+def test_declarations_are_served(narrow) -> None:
+    """What a method needs from the run is declared on the class and resolved generically (no per-class switch)."""
+    assert adapt.EATA.source_data.argument == "fisher" and adapt.BriMPR.source_data.argument == "source_stats"
+    assert adapt.EATA.source_data.size(adapt.make_config("eata", fisher_size=7)) == 7
+    assert adapt.Tent.source_data is None
+    # model facts < dataset preset < protocol override
+    assert adapt.BriMPR.run_config(narrow) == {"prompt_layers": min(11, narrow.depth)}
+    assert adapt.BriMPR.run_config(narrow, protocol="both")["tau"] == 0.25
+    assert "tau" not in adapt.BriMPR.run_config(narrow, protocol="video")
+
+    class Preset(adapt.Tent):
+        presets = {"ks50": {"lr": 1e-3, "seed": 4}}
+        protocol_overrides = {"both": {"lr": 2e-3}}
+
+    assert Preset.run_config(narrow, dataset="ks50", protocol="video") == {"lr": 1e-3, "seed": 4}
+    assert Preset.run_config(narrow, dataset="ks50", protocol="both") == {"lr": 2e-3, "seed": 4}
+    assert Preset.run_config(narrow, dataset="vgg", protocol="both") == {"lr": 2e-3}
+    with pytest.raises(TypeError, match="fisher"):
+        adapt.create_method("tent", copy.deepcopy(narrow), fisher={})
+    # fisher_alpha = 0 (ETA) declares that it needs no Fisher: no source data asked for
+    assert not adapt.EATA.source_data.needed(adapt.make_config("eata", fisher_alpha=0.0))
+    assert adapt.create_method("eata", copy.deepcopy(narrow), fisher_alpha=0.0).fisher == []

@@ -66,6 +66,11 @@ def test_all_methods_video_protocol(catalog, checkpoint, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["conditions"] == ["gaussian_noise", "fog"]
     # the source stats / Fisher caches were written as safetensors beside the catalog
     assert sorted(p.suffix for p in (catalog / "_cache").iterdir()) == [".safetensors", ".safetensors"]
+    # their names are the cache keys of earlier runs: <key>-<checkpoint>-<source set job>-<n>-f<frame>-<order>
+    names = sorted(p.name for p in (catalog / "_cache").iterdir())
+    assert [n.split("-")[0] for n in names] == ["brimpr", "fisher"]
+    assert names[0].endswith("-6-feval-ix.safetensors") and names[0].startswith("brimpr-stats-")
+    assert names[1].endswith("-6-feval-ix.safetensors")
     # rerunning gives identical numbers (deterministic shuffling and resets)
     again = run_adaptation(cfg(catalog, checkpoint, tmp_path / "run2", protocol="video", methods=("all",)))
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
@@ -195,3 +200,24 @@ def test_access_modes_read_the_same_samples(catalog, checkpoint, tmp_path):
     assert rows["index"]["accuracy"] == rows["stream"]["accuracy"] and rows["index"]["samples"] == 6
     with pytest.raises(ValueError, match="--access must be 'index' or 'stream', got 'mmap'"):
         run_adaptation(cfg(catalog, checkpoint, tmp_path / "x", access="mmap"))
+
+
+def test_cli_leaves_unset_options_to_adapt_config(monkeypatch, capsys):
+    """`avtta adapt` restates no default: unset options are absent, so AdaptConfig's own defaults apply."""
+    import avtta.adapt.worker as worker
+
+    from avtta.cli import build_parser
+
+    seen = []
+    monkeypatch.setattr(worker, "run_adaptation", seen.append)
+    required = ["adapt", "--catalog", "c", "--dataset", "d", "--checkpoint", "k"]
+    for extra in ([], ["--batch-size", "8", "--frame", "4", "--seeds", "1-3", "--no-progress", "--continual"]):
+        args = build_parser().parse_args(required + extra)
+        assert args.func(args) == 0
+    assert seen[0] == AdaptConfig(catalog="c", dataset="d", checkpoint="k")
+    assert seen[1] == AdaptConfig(
+        catalog="c", dataset="d", checkpoint="k", batch_size=8, frame=4, seeds=(1, 2, 3), progress=False, continual=True
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["adapt", "--help"])
+    assert f"(default {AdaptConfig.batch_size})" in capsys.readouterr().out  # the help shows AdaptConfig's value

@@ -253,6 +253,43 @@ def test_keep_tokens() -> None:
         CAVMAEFT.keep_tokens(tokens, noise, 6)
 
 
+def test_forward_hooks_equal_the_building_blocks() -> None:
+    """The prompt and masking hooks of the one composition equal run_stack / keep_tokens assembled by hand."""
+    model = create_model("cav_mae_ft_test", depth=3).eval()
+    randomise_norms(model)
+    audio, video = inputs(model, batch=3)
+    gen = torch.Generator().manual_seed(5)
+    prompts = {m: torch.randn(2, 4, model.embed_dim, generator=gen) for m in "av"}
+    noise = {"a": torch.rand(3, model.num_audio_patches, generator=gen), "v": torch.rand(3, 4, generator=gen)}
+    keep = {"a": (noise["a"], 7), "v": (noise["v"], 2)}
+    with torch.no_grad():
+        a = model.run_stack(model.keep_tokens(model.embed_audio(audio), noise["a"], 7), "a", prompts=prompts["a"])
+        v = model.run_stack(model.keep_tokens(model.embed_video(video), noise["v"], 2), "v", prompts=prompts["v"])
+        pooled = model.pool(model.fuse(torch.cat((a, v), 1)), "norm")
+        # the same operations in the same order: equal to the last bit
+        assert torch.equal(model(audio, video, prompts=prompts, keep=keep), model.head(pooled))
+        assert torch.equal(model.forward_features(audio, video, prompts=prompts, keep=keep), pooled)
+        assert torch.equal(model.encode("a", audio, prompts=prompts["a"], keep=keep["a"]), a)
+        missing = (model.pool(model.fuse(a, "u"), "norm") + model.pool(model.fuse(a, "a"), "norm_a")) / 2
+        assert torch.equal(model.fuse_pool(a, None, "missingaudioonly"), missing)
+        assert torch.equal(model.forward_head(pooled, pre_logits=True), model.mlp_head[0](pooled))
+    with pytest.raises(ValueError, match="route"):
+        model.fuse_pool(a, v, "features")
+    with pytest.raises(ValueError, match="modality"):
+        model.encode("u", audio)
+
+
+def test_contract_of_methods_and_training() -> None:
+    model = create_model("cav_mae_ft_test", num_classes=7)
+    assert model.get_classifier() is model.mlp_head[1] and model.get_classifier().out_features == model.num_classes
+    assert (model.depth, model.embed_dim, model.num_classes) == (2, 16, 7)
+    groups = model.param_groups()
+    no_decay = model.no_weight_decay()
+    assert set(groups["norms"]) | set(groups["embed"]) <= no_decay
+    assert {n for n, _ in model.named_parameters() if n.endswith(".bias")} <= no_decay
+    assert "blocks_a.0.attn.qkv.weight" not in no_decay and "mlp_head.1.weight" not in no_decay
+
+
 # ---------------------------------------------------------------------- parameter groups
 
 

@@ -30,27 +30,18 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import MethodConfig, TTAMethod, derive_seed
+from .base import MethodConfig, SourceData, TTAMethod, derive_seed, take_clips
 from .losses import info_nce_bidirectional, soft_cross_entropy
-from .source_data import cached_tensors, load_tensors, save_tensors, take_clips
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "BriMPR",
-    "BriMPRConfig",
-    "SourceStats",
-    "compute_source_stats",
-    "load_reference_source_stats",
-    "load_source_stats",
-    "save_source_stats",
-    "source_stats_cached",
-]
+__all__ = ["BriMPR", "BriMPRConfig", "SourceStats", "compute_source_stats", "load_reference_source_stats"]
 
 _STAT_KEYS = ("std_a", "mean_a", "std_v", "mean_v", "std_u", "mean_u")
 
@@ -76,7 +67,7 @@ class SourceStats:
     def from_dict(cls, tensors: dict[str, Tensor], origin: object = "dict") -> SourceStats:
         missing = [k for k in _STAT_KEYS if k not in tensors]
         if missing:
-            raise ValueError(f"{origin}: source statistics lack {missing} (adapt/brimpr.py)")
+            raise ValueError(f"{origin}: source statistics lack {missing} (adapt/methods/brimpr.py)")
         return cls(*(tensors[k] for k in _STAT_KEYS))
 
 
@@ -107,12 +98,40 @@ class BriMPRConfig(MethodConfig):
         if self.num_prompts < 1 or self.prompt_layers < 1:
             raise ValueError(
                 f"num_prompts and prompt_layers must be >= 1, got {self.num_prompts}, {self.prompt_layers} "
-                "(adapt/brimpr.py)"
+                "(adapt/methods/brimpr.py)"
             )
         if not 0 < self.mask < 1:
-            raise ValueError(f"mask must be in (0, 1), got {self.mask} (adapt/brimpr.py)")
+            raise ValueError(f"mask must be in (0, 1), got {self.mask} (adapt/methods/brimpr.py)")
         if self.tau <= 0:
-            raise ValueError(f"tau must be positive, got {self.tau} (adapt/brimpr.py)")
+            raise ValueError(f"tau must be positive, got {self.tau} (adapt/methods/brimpr.py)")
+
+
+# ---------------------------------------------------------------------- source statistics
+@torch.no_grad()
+def compute_source_stats(model: nn.Module, source: Iterable, num_samples: int = 32) -> SourceStats:
+    """BriMPR's source statistics (spec 8.5): fp32, no prompts, unbiased ``std_mean`` over the first clips.
+
+    Args:
+        model: the frozen classifier.
+        source: iterable of ``(audio, video, ...)`` batches of clean source clips.
+        num_samples: clips used (``num_samples_source``, 32); at least 2.
+    """
+    device = next(model.parameters()).device
+    feats_a, feats_v, feats_u = [], [], []
+    for audio, video in take_clips(source, num_samples):
+        a, fa = model.encode("a", audio.to(device).float(), layer_features=True)
+        v, fv = model.encode("v", video.to(device).float(), layer_features=True)
+        fu = model.fuse_pool(a, v).unsqueeze(1)
+        feats_a.append(fa.float())
+        feats_v.append(fv.float())
+        feats_u.append(fu.float())
+    n = sum(f.shape[0] for f in feats_a)
+    if n < 2:
+        raise ValueError(f"compute_source_stats needs at least 2 clips, got {n} (adapt/methods/brimpr.py)")
+    std_a, mean_a = torch.std_mean(torch.cat(feats_a), dim=0)
+    std_v, mean_v = torch.std_mean(torch.cat(feats_v), dim=0)
+    std_u, mean_u = torch.std_mean(torch.cat(feats_u), dim=0)
+    return SourceStats(std_a, mean_a, std_v, mean_v, std_u, mean_u)
 
 
 class BriMPR(TTAMethod):
@@ -120,40 +139,31 @@ class BriMPR(TTAMethod):
 
     name = "brimpr"
     config_class = BriMPRConfig
-    needs_source = True
+    source_data = SourceData(
+        argument="source_stats", cache_key="brimpr-stats", kind="brimpr-source-stats", size_field="num_samples_source",
+        size_key="num_samples", compute=compute_source_stats, to_tensors=SourceStats.as_dict,
+        from_tensors=SourceStats.from_dict,
+    )  # fmt: skip
+    protocol_overrides = {"both": {"tau": 0.25}}  # run_both.py's contrastive temperature (spec methods.md 8)
 
-    def __init__(
-        self,
-        model: nn.Module,
-        config: BriMPRConfig | None = None,
-        *,
-        source_stats: SourceStats | dict[str, Tensor] | None = None,
-        source: Iterable | None = None,
-    ) -> None:
-        config = config or BriMPRConfig()
-        if source_stats is None:
-            if source is None:
-                raise ValueError(
-                    "BriMPR needs source_stats= (see source_stats_cached) or source= batches (adapt/brimpr.py)"
-                )
-            source_stats = compute_source_stats(model, source, num_samples=config.num_samples_source)
-        if isinstance(source_stats, dict):
-            source_stats = SourceStats.from_dict(source_stats)
-        self._stats_in = source_stats
-        super().__init__(model, config)
+    @classmethod
+    def config_for_model(cls, model: nn.Module) -> dict[str, Any]:
+        """Prompts in every modality-specific block: 11 for the released architecture, fewer on small variants."""
+        return {"prompt_layers": min(BriMPRConfig.prompt_layers, model.depth)}
 
     def init_state(self) -> None:
         cfg = self.config
-        depth = min(len(self.model.blocks_a), len(self.model.blocks_v))
+        depth, dim = self.model.depth, self.model.embed_dim
         if cfg.prompt_layers > depth:
-            raise ValueError(f"prompt_layers {cfg.prompt_layers} exceeds the stack depth {depth} (adapt/brimpr.py)")
-        dim = self.model.norm.weight.shape[0]
-        stats = self._stats_in.to(self.device)
-        del self._stats_in
+            raise ValueError(
+                f"prompt_layers {cfg.prompt_layers} exceeds the stack depth {depth} (adapt/methods/brimpr.py)"
+            )
+        stats, self.source_value = self.source_value, None
+        stats = (SourceStats.from_dict(stats) if isinstance(stats, dict) else stats).to(self.device)
         for key in ("std_a", "mean_a", "std_v", "mean_v"):
-            if tuple(getattr(stats, key).shape) != (len(self.model.blocks_a), dim):
+            if tuple(getattr(stats, key).shape) != (depth, dim):
                 raise ValueError(
-                    f"source statistic {key} has shape {tuple(getattr(stats, key).shape)} (adapt/brimpr.py)"
+                    f"source statistic {key} has shape {tuple(getattr(stats, key).shape)} (adapt/methods/brimpr.py)"
                 )
         self.source_stats = stats
         shape = (cfg.prompt_layers, cfg.num_prompts, dim)
@@ -182,38 +192,26 @@ class BriMPR(TTAMethod):
         self.last_losses: dict[str, float] = {}
 
     # ------------------------------------------------------------------ forwards
-    def _heads(self, tokens: Tensor, selector: str = "u", norm: str = "norm") -> Tensor:
-        return self.model.pool(self.model.fuse(tokens, selector=selector), norm=norm)
-
     def adaptation_forward(self, audio: Tensor, video: Tensor) -> dict[str, Tensor]:
         """The ``mode='all'`` forward of spec 8.2 (grad mode of the caller); draws the two masks."""
         m = self.model
-        a0 = m.embed_audio(audio)
-        v0 = m.embed_video(video)
-        batch = a0.shape[0]
-        keep_a = int(a0.shape[1] * (1 - self.config.mask))
-        keep_v = int(v0.shape[1] * (1 - self.config.mask))
-        noise_a = self.uniform(batch, a0.shape[1]).to(a0.device)
-        noise_v = self.uniform(batch, v0.shape[1]).to(v0.device)
-        am0 = m.keep_tokens(a0, noise_a, keep_a)
-        vm0 = m.keep_tokens(v0, noise_v, keep_v)
-        a, feats_a = m.run_stack(a0, "a", prompts=self.prompts_a, layer_features=True)
-        am = m.run_stack(am0, "a", prompts=self.prompts_a)
-        v, feats_v = m.run_stack(v0, "v", prompts=self.prompts_v, layer_features=True)
-        vm = m.run_stack(vm0, "v", prompts=self.prompts_v)
+        batch = audio.shape[0]
+        noise_a = self.uniform(batch, m.num_audio_patches).to(audio.device)
+        noise_v = self.uniform(batch, m.num_video_patches).to(video.device)
+        keep_a = (noise_a, int(m.num_audio_patches * (1 - self.config.mask)))
+        keep_v = (noise_v, int(m.num_video_patches * (1 - self.config.mask)))
+        a, feats_a = m.encode("a", audio, prompts=self.prompts_a, layer_features=True)
+        am = m.encode("a", audio, prompts=self.prompts_a, keep=keep_a)
+        v, feats_v = m.encode("v", video, prompts=self.prompts_v, layer_features=True)
+        vm = m.encode("v", video, prompts=self.prompts_v, keep=keep_v)
 
-        pooled_u = self._heads(torch.cat((a, v), dim=1).detach())  # teacher: no gradient (8.2 step 4)
-        logits = m.mlp_head(pooled_u)
-        logits_avm = m.mlp_head(self._heads(torch.cat((a, vm), dim=1)))
-        logits_amv = m.mlp_head(self._heads(torch.cat((am, v), dim=1)))
-        rep_a = (self._heads(a, "u", "norm") + self._heads(a, "a", "norm_a")) / 2
-        rep_v = (self._heads(v, "u", "norm") + self._heads(v, "v", "norm_v")) / 2
+        pooled_u = m.fuse_pool(a.detach(), v.detach())  # teacher: no gradient (8.2 step 4)
         return {
-            "logits": logits,
-            "logits_avm": logits_avm,
-            "logits_amv": logits_amv,
-            "rep_a": rep_a,
-            "rep_v": rep_v,
+            "logits": m.forward_head(pooled_u),
+            "logits_avm": m.forward_head(m.fuse_pool(a, vm)),
+            "logits_amv": m.forward_head(m.fuse_pool(am, v)),
+            "rep_a": m.fuse_pool(a, None, "missingaudioonly"),  # (unified + audio-norm fusion passes) / 2
+            "rep_v": m.fuse_pool(None, v, "missingvideoonly"),
             "feats_a": feats_a,
             "feats_v": feats_v,
             "feats_u": pooled_u.unsqueeze(1),
@@ -221,11 +219,8 @@ class BriMPR(TTAMethod):
 
     def forward_logits(self, audio: Tensor, video: Tensor) -> Tensor:
         """Prompted multimodal logits (no masking, no extra passes)."""
-        m = self.model
         with self.autocast():
-            a = m.run_stack(m.embed_audio(audio), "a", prompts=self.prompts_a)
-            v = m.run_stack(m.embed_video(video), "v", prompts=self.prompts_v)
-            return m.mlp_head(self._heads(torch.cat((a, v), dim=1)))
+            return self.model(audio, video, prompts={"a": self.prompts_a, "v": self.prompts_v})
 
     def forward_and_adapt(self, audio: Tensor, video: Tensor) -> Tensor:
         cfg = self.config
@@ -266,61 +261,6 @@ class BriMPR(TTAMethod):
         return logits
 
 
-# ---------------------------------------------------------------------- source statistics
-@torch.no_grad()
-def compute_source_stats(model: nn.Module, source: Iterable, num_samples: int = 32) -> SourceStats:
-    """BriMPR's source statistics (spec 8.5): fp32, no prompts, unbiased ``std_mean`` over the first clips.
-
-    Args:
-        model: the frozen classifier.
-        source: iterable of ``(audio, video, ...)`` batches of clean source clips.
-        num_samples: clips used (``num_samples_source``, 32); at least 2.
-    """
-    device = next(model.parameters()).device
-    feats_a, feats_v, feats_u = [], [], []
-    for audio, video in take_clips(source, num_samples):
-        a, fa = model.run_stack(model.embed_audio(audio.to(device).float()), "a", layer_features=True)
-        v, fv = model.run_stack(model.embed_video(video.to(device).float()), "v", layer_features=True)
-        fu = model.pool(model.fuse(torch.cat((a, v), dim=1), selector="u"), norm="norm").unsqueeze(1)
-        feats_a.append(fa.float())
-        feats_v.append(fv.float())
-        feats_u.append(fu.float())
-    n = sum(f.shape[0] for f in feats_a)
-    if n < 2:
-        raise ValueError(f"compute_source_stats needs at least 2 clips, got {n} (adapt/brimpr.py)")
-    std_a, mean_a = torch.std_mean(torch.cat(feats_a), dim=0)
-    std_v, mean_v = torch.std_mean(torch.cat(feats_v), dim=0)
-    std_u, mean_u = torch.std_mean(torch.cat(feats_u), dim=0)
-    return SourceStats(std_a, mean_a, std_v, mean_v, std_u, mean_u)
-
-
-def save_source_stats(path: str | Path, stats: SourceStats, metadata: dict[str, str] | None = None) -> Path:
-    """Write source statistics as safetensors (keys ``std_a``, ``mean_a``, ...)."""
-    return save_tensors(path, stats.as_dict(), {"kind": "brimpr-source-stats", **(metadata or {})})
-
-
-def load_source_stats(path: str | Path, device: torch.device | str = "cpu") -> SourceStats:
-    """Read statistics written by :func:`save_source_stats`."""
-    tensors, _ = load_tensors(path, device)
-    return SourceStats.from_dict(tensors, path)
-
-
-def source_stats_cached(
-    model: nn.Module,
-    source: Iterable,
-    path: str | Path,
-    num_samples: int = 32,
-    metadata: dict[str, str] | None = None,
-) -> SourceStats:
-    """Load the statistics at ``path`` or compute them from ``source`` and save them there.
-
-    The caller keys ``path`` by checkpoint and source set; ``metadata`` is stored in the file and checked on load.
-    """
-    meta = {"kind": "brimpr-source-stats", "num_samples": str(num_samples), **(metadata or {})}
-    tensors = cached_tensors(path, lambda: compute_source_stats(model, source, num_samples).as_dict(), meta)
-    return SourceStats.from_dict(tensors, path)
-
-
 def load_reference_source_stats(path: str | Path) -> SourceStats:
     """Read a shipped ``src_stat_<dataset>.pth`` (a ``((std, mean),) * 3`` tuple of CUDA tensors) onto the CPU."""
     obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -328,6 +268,6 @@ def load_reference_source_stats(path: str | Path) -> SourceStats:
         (std_a, mean_a), (std_v, mean_v), (std_u, mean_u) = obj
     except (TypeError, ValueError) as err:
         raise ValueError(
-            f"{path}: expected ((std_a, mean_a), (std_v, mean_v), (std_u, mean_u)) (adapt/brimpr.py)"
+            f"{path}: expected ((std_a, mean_a), (std_v, mean_v), (std_u, mean_u)) (adapt/methods/brimpr.py)"
         ) from err
     return SourceStats(std_a, mean_a, std_v, mean_v, std_u, mean_u)

@@ -35,11 +35,8 @@ __all__ = ["SAR", "SARConfig", "lower_block_norm_groups"]
 
 def lower_block_norm_groups(model: object, skip_top: int = 2) -> tuple[str, ...]:
     """Groups ``norms.blocks_a.{i}`` and ``norms.blocks_v.{i}`` for ``i < depth - skip_top`` (SAR/DeYO selection)."""
-    groups = []
-    for stack in ("blocks_a", "blocks_v"):
-        depth = len(getattr(model, stack))
-        groups += [f"norms.{stack}.{i}" for i in range(max(1, depth - skip_top))]  # >= 1 block on shallow models
-    return tuple(groups)
+    top = max(1, model.depth - skip_top)  # >= 1 block on shallow models
+    return tuple(f"norms.{stack}.{i}" for stack in ("blocks_a", "blocks_v") for i in range(top))
 
 
 @dataclass(frozen=True, kw_only=True)

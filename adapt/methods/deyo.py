@@ -49,7 +49,7 @@ class DeYOConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.patch_len < 1:
-            raise ValueError(f"patch_len must be >= 1, got {self.patch_len} (adapt/deyo.py)")
+            raise ValueError(f"patch_len must be >= 1, got {self.patch_len} (adapt/methods/deyo.py)")
 
 
 class DeYO(TTAMethod):

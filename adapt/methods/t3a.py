@@ -3,7 +3,7 @@
 Paper: Y. Iwasawa, Y. Matsuo, "Test-Time Classifier Adjustment Module for Model-Agnostic Domain Generalization",
 NeurIPS 2021. Upstream: matsuolab/T3A; as adapted in Luchicken/BriMPR ``TTA/T3A.py`` (spec methods.md section 3).
 
-The support set starts from the classifier rows ``W = mlp_head.1.weight`` (their pseudo-labels and entropies come
+The support set starts from the classifier rows ``W = get_classifier().weight`` (their pseudo-labels and entropies come
 from ``W W^T + b``). Per batch: features ``f`` = output of the head LayerNorm (``mode="features"``), linear logits
 ``q = W f + b`` (fp32), append ``(f, onehot(argmax q), H(q))`` to the store, keep per class the ``filter_K``
 lowest-entropy entries (the store is replaced), prototypes = column-normalised sums of L2-normalised supports,
@@ -39,7 +39,7 @@ class T3AConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.filter_K == 0 or self.filter_K < -1:
-            raise ValueError(f"filter_K must be positive or -1, got {self.filter_K} (adapt/t3a.py)")
+            raise ValueError(f"filter_K must be positive or -1, got {self.filter_K} (adapt/methods/t3a.py)")
 
 
 class T3A(TTAMethod):
@@ -49,7 +49,7 @@ class T3A(TTAMethod):
     config_class = T3AConfig
 
     def init_state(self) -> None:
-        head = self.model.mlp_head[1]
+        head = self.model.get_classifier()
         with torch.no_grad():
             self._weight = head.weight.detach().clone().float()
             self._bias = head.bias.detach().clone().float() if head.bias is not None else None

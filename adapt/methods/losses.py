@@ -110,7 +110,9 @@ def shuffle_patches(x: Tensor, grid: int, noise: Tensor) -> Tensor:
     """
     n, height, width = x.shape[0], x.shape[-2], x.shape[-1]
     if height % grid or width % grid:
-        raise ValueError(f"shuffle_patches: size {height}x{width} is not divisible by grid {grid} (adapt/losses.py)")
+        raise ValueError(
+            f"shuffle_patches: size {height}x{width} is not divisible by grid {grid} (adapt/methods/losses.py)"
+        )
     lead = x.shape[1:-2]
     h, w = height // grid, width // grid
     # [n, C, grid*h, grid*w] -> [n, grid*grid, C, h, w], tiles in row-major order (as DeYO's rearrange).

@@ -7,7 +7,16 @@ the snapshot taken at construction and an exact ``reset()`` (spec item 7 FIX: th
 so restoring the snapshot restores the true initial state), and the per-batch ``step``.
 
 A method implements :meth:`TTAMethod.forward_and_adapt` (one online step on one batch, returning the logits that
-are scored) and, if it has state of its own, :meth:`TTAMethod.reset_state`.
+are scored) and, if it has state of its own, :meth:`TTAMethod.reset_state`. What it needs from the run it declares
+as class attributes, which this base class and the adaptation worker (``adapt/worker.py``) serve:
+
+* ``source_data`` (a :class:`SourceData`): statistics of clean source clips (EATA's Fisher, BriMPR's statistics),
+  with their size (a config field) and cache key; given to the constructor, or computed from ``source=`` batches;
+* ``presets``: per-dataset config overrides; ``protocol_overrides``: per-protocol ones (BriMPR's tau for ``both``);
+* :meth:`TTAMethod.config_for_model`: settings that follow from the model (BriMPR's number of prompted layers).
+
+The worker resolves a run's config as model facts < dataset preset < protocol override < the run's precision < the
+user's ``--method-config`` (:meth:`TTAMethod.run_config` gives the first three).
 
 Design notes:
 * Only the trained parameters are snapshotted: the methods change nothing else in the model.
@@ -28,6 +37,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,7 +46,7 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "MethodConfig", "TTAMethod", "derive_seed"]
+__all__ = ["PRECISIONS", "MethodConfig", "SourceData", "TTAMethod", "derive_seed", "take_clips"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -69,17 +79,74 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS} (adapt/base.py)")
+            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS} (adapt/methods/base.py)")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr >= 0):
-            raise ValueError(f"lr must be a finite non-negative number, got {self.lr!r} (adapt/base.py)")
+            raise ValueError(f"lr must be a finite non-negative number, got {self.lr!r} (adapt/methods/base.py)")
         if len(self.betas) != 2:
-            raise ValueError(f"betas must have two entries, got {self.betas!r} (adapt/base.py)")
+            raise ValueError(f"betas must have two entries, got {self.betas!r} (adapt/methods/base.py)")
         # tuples survive JSON as lists: normalise so configs compare equal after a round trip.
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain JSON-able values."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """A method's need for statistics of clean source clips, computed once per (checkpoint, source set).
+
+    Attributes:
+        argument: the constructor keyword (and ``create_method`` keyword) receiving the value, e.g. ``"fisher"``.
+        cache_key: file-name prefix of the worker's cache file (``<cache_key>-<checkpoint>-<set>-<n>-...``).
+        kind: the ``kind`` recorded in the cache file's metadata.
+        size_field: the config field holding the number of source clips.
+        size_key: the metadata key recording that number.
+        compute: ``compute(model, source, num_clips) -> value`` over ``(audio, video, ...)`` batches.
+        to_tensors: ``value -> {name: tensor}`` (the safetensors cache).
+        from_tensors: ``(tensors, origin) -> value`` (``origin`` names the file in errors).
+        needed: ``needed(config)``: whether this config uses the source data at all (default: always).
+    """
+
+    argument: str
+    cache_key: str
+    kind: str
+    size_field: str
+    size_key: str
+    compute: Callable[[nn.Module, Iterable, int], Any]
+    to_tensors: Callable[[Any], dict[str, Tensor]]
+    from_tensors: Callable[[dict[str, Tensor], object], Any]
+    needed: Callable[[MethodConfig], bool] = lambda config: True
+
+    def size(self, config: MethodConfig) -> int:
+        """Number of source clips ``config`` asks for."""
+        return int(getattr(config, self.size_field))
+
+
+def take_clips(source: Iterable, num_clips: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(audio, video)`` batches from ``source`` until ``num_clips`` clips were produced.
+
+    Batches may carry extra items (e.g. labels); only the first two are used. The last batch is truncated
+    so that exactly ``min(num_clips, available)`` clips are yielded.
+    """
+    if num_clips <= 0:
+        raise ValueError(f"num_clips must be positive, got {num_clips} (adapt/methods/base.py)")
+    left = num_clips
+    for batch in source:
+        if not isinstance(batch, tuple | list) or len(batch) < 2:
+            raise TypeError(
+                f"source batches must be (audio, video, ...) tuples, got {type(batch)} (adapt/methods/base.py)"
+            )
+        audio, video = batch[0], batch[1]
+        if audio.shape[0] != video.shape[0]:
+            raise ValueError(
+                f"audio and video batch sizes differ: {audio.shape[0]} vs {video.shape[0]} (adapt/methods/base.py)"
+            )
+        n = min(left, audio.shape[0])
+        yield audio[:n], video[:n]
+        left -= n
+        if left == 0:
+            return
 
 
 class TTAMethod(abc.ABC):
@@ -92,16 +159,33 @@ class TTAMethod(abc.ABC):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    needs_source: ClassVar[bool] = False  # EATA (Fisher) and BriMPR (source statistics) use source data
+    source_data: ClassVar[SourceData | None] = None  # EATA (Fisher) and BriMPR (source statistics) declare one
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # dataset name -> config overrides
+    protocol_overrides: ClassVar[dict[str, dict[str, Any]]] = {}  # protocol (video, audio, both, ...) -> overrides
 
-    def __init__(self, model: nn.Module, config: MethodConfig | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, config: MethodConfig | None = None, *, source: Iterable | None = None, **inputs: Any
+    ) -> None:
+        """Args:
+        model: the classifier, adapted in place.
+        config: the method's config (default: its defaults).
+        source: ``(audio, video)`` batches of clean source clips, to compute the declared ``source_data``.
+        **inputs: the declared source data, precomputed, under its keyword (EATA ``fisher=``, BriMPR
+            ``source_stats=``).
+        """
         if config is None:
             config = self.config_class()
         if not isinstance(config, self.config_class):
             raise TypeError(
                 f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__} "
-                "(adapt/base.py)"
+                "(adapt/methods/base.py)"
             )
+        need = self.source_data
+        value = inputs.pop(need.argument, None) if need is not None else None
+        if inputs:
+            raise TypeError(f"{type(self).__name__} takes no {', '.join(sorted(inputs))}= (adapt/methods/base.py)")
+        # the declared source data, for init_state (computed first: the model is still the untouched source model)
+        self.source_value = self.source_input(model, config, value, source) if need and need.needed(config) else None
         self.model = model
         self.config = config
         self.device = _device_of(model)
@@ -109,7 +193,7 @@ class TTAMethod(abc.ABC):
         if self.precision == "fp16" and self.device.type != "cuda":
             raise ValueError(
                 f"precision 'fp16' needs a CUDA model (fp16 autocast + GradScaler); the model is on "
-                f"{self.device}: use 'fp32' or 'bf16' (adapt/base.py)"
+                f"{self.device}: use 'fp32' or 'bf16' (adapt/methods/base.py)"
             )
         self.generator = torch.Generator().manual_seed(config.seed)
         self.model.eval()  # no dropout/BatchNorm in CAV-MAE: train/eval mode is irrelevant, eval is deterministic
@@ -122,6 +206,34 @@ class TTAMethod(abc.ABC):
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self._snapshot = self._take_snapshot()
         self.reset_state()
+
+    # ------------------------------------------------------------------ declarations served by the run
+    @classmethod
+    def config_for_model(cls, model: nn.Module) -> dict[str, Any]:
+        """Config overrides that follow from the model (e.g. BriMPR's prompted layers); none by default."""
+        return {}
+
+    @classmethod
+    def run_config(cls, model: nn.Module, *, dataset: str | None = None, protocol: str | None = None) -> dict[str, Any]:
+        """The declared overrides of a run: model facts < ``presets[dataset]`` < ``protocol_overrides[protocol]``."""
+        return {
+            **cls.config_for_model(model),
+            **cls.presets.get(str(dataset), {}),
+            **cls.protocol_overrides.get(str(protocol), {}),
+        }
+
+    @classmethod
+    def source_input(cls, model: nn.Module, config: MethodConfig, value: Any, source: Iterable | None) -> Any:
+        """The declared source data: ``value`` when given, else computed from the ``source`` batches."""
+        need = cls.source_data
+        if need is None or value is not None:
+            return value
+        if source is None:
+            raise ValueError(
+                f"{cls.__name__} needs {need.argument}= (e.g. from the worker's cache) or source= batches of clean "
+                "source clips (adapt/methods/base.py)"
+            )
+        return need.compute(model, source, need.size(config))
 
     # ------------------------------------------------------------------ hooks for subclasses
     def trainable_groups(self) -> tuple[str, ...]:
@@ -239,7 +351,7 @@ class TTAMethod(abc.ABC):
 
     @property
     def num_classes(self) -> int:
-        return int(getattr(self.model, "num_classes", self.model.mlp_head[1].out_features))
+        return int(self.model.num_classes)
 
     # ------------------------------------------------------------------ internals
     def _select_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -249,7 +361,7 @@ class TTAMethod(abc.ABC):
         seen: set[int] = set()
         for name, p in named:
             if id(p) in seen:
-                raise ValueError(f"{self.name}: parameter {name!r} selected twice (adapt/base.py)")
+                raise ValueError(f"{self.name}: parameter {name!r} selected twice (adapt/methods/base.py)")
             seen.add(id(p))
         return named
 
@@ -273,4 +385,4 @@ class TTAMethod(abc.ABC):
 def _device_of(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
-    raise ValueError("the model has no parameters (adapt/base.py)")
+    raise ValueError("the model has no parameters (adapt/methods/base.py)")

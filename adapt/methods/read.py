@@ -43,9 +43,9 @@ class READConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.score not in ("post", "pre"):
-            raise ValueError(f"score must be 'post' or 'pre', got {self.score!r} (adapt/read.py)")
+            raise ValueError(f"score must be 'post' or 'pre', got {self.score!r} (adapt/methods/read.py)")
         if not 0 < self.gamma < 1:
-            raise ValueError(f"gamma must be in (0, 1), got {self.gamma} (adapt/read.py)")
+            raise ValueError(f"gamma must be in (0, 1), got {self.gamma} (adapt/methods/read.py)")
 
 
 class READ(TTAMethod):
