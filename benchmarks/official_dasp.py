@@ -209,14 +209,14 @@ def side_by_side(name: str, argv: list[str] | None = None) -> None:
     batches = [make_inputs(args.batch, seed) for seed in range(1, args.steps + 1)]
     base = make_model(args.width, args.heads, args.head_scale)
     if name == "tsa":
-        from avtta.adapt.tsa import TSA, TSAConfig
+        from avtta.adapt.methods.tsa import TSA, TSAConfig
 
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         official = importlib.import_module("official_tsa")
         method_class, config, settings = TSA, TSAConfig(), {}
         run_ref = official.run_official
     else:
-        from avtta.adapt.dasp import DASP, DASPConfig
+        from avtta.adapt.methods.dasp import DASP, DASPConfig
 
         method_class, config, settings = DASP, DASPConfig(rank=args.rank), {"rank": args.rank}
         run_ref = run_official

@@ -17,6 +17,7 @@ from torch import nn
 
 from .base import PRECISIONS, MethodConfig, SourceData, TTAMethod, derive_seed, take_clips
 from .brimpr import BriMPR, BriMPRConfig, SourceStats, compute_source_stats, load_reference_source_stats
+from .dasp import DASP, DASPConfig
 from .deyo import DeYO, DeYOConfig
 from .eata import EATA, EATAConfig, FisherTable, compute_fisher
 from .read import READ, READConfig
@@ -24,9 +25,12 @@ from .sar import SAR, SARConfig
 from .source import Source, SourceConfig
 from .t3a import T3A, T3AConfig
 from .tent import Tent, TentConfig
+from .tsa import TSA, TSAConfig
 
 __all__ = [
+    "DASP",
     "EATA",
+    "TSA",
     "PRECISIONS",
     "READ",
     "SAR",
@@ -34,6 +38,7 @@ __all__ = [
     "BriMPR",
     "BriMPRConfig",
     "DeYO",
+    "DASPConfig",
     "DeYOConfig",
     "EATAConfig",
     "FisherTable",
@@ -45,6 +50,7 @@ __all__ = [
     "SourceData",
     "SourceStats",
     "T3AConfig",
+    "TSAConfig",
     "TTAMethod",
     "Tent",
     "TentConfig",
@@ -59,7 +65,7 @@ __all__ = [
     "take_clips",
 ]
 
-_METHODS: dict[str, type[TTAMethod]] = {cls.name: cls for cls in (Source, T3A, Tent, EATA, SAR, DeYO, READ, BriMPR)}
+_METHODS: dict[str, type[TTAMethod]] = {cls.name: cls for cls in (Source, T3A, Tent, EATA, SAR, DeYO, READ, BriMPR, TSA, DASP)}
 _ALIASES = {"none": "source"}  # the references' ``--tta_method None``
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from avtta.adapt.audio_assist import (
+from avtta.adapt.methods.audio_assist import (
     AudioAssist,
     AudioAssistConfig,
     apply_view,
@@ -16,7 +16,7 @@ from avtta.adapt.audio_assist import (
     sample_view_params,
     should_stop,
 )
-from avtta.adapt.label_map import (
+from avtta.adapt.methods.label_map import (
     identity_label_map,
     load_class_list,
     load_label_map,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from avtta.adapt.dasp import DASP, DASPConfig
+from avtta.adapt.methods.dasp import DASP, DASPConfig
 from avtta.models import create_model
 
 TOL = 1e-4  # golden README: 1e-4 relative to the scale of what is compared

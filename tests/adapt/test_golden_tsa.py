@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from avtta.adapt.dasp import DASP
-from avtta.adapt.tsa import TSA, TSAConfig
+from avtta.adapt.methods.dasp import DASP
+from avtta.adapt.methods.tsa import TSA, TSAConfig
 from avtta.models import create_model
 
 TOL = 1e-4  # golden README: 1e-4 relative to the scale of what is compared

@@ -83,7 +83,7 @@ def test_modality_logits_are_the_missing_modality_forwards_in_one_pair() -> None
 @pytest.mark.parametrize("name", ["tent", "sar", "audio_assist"])
 def test_valuation_never_changes_what_a_method_does(name: str) -> None:
     if name == "audio_assist":
-        from avtta.adapt.audio_assist import AudioAssist, AudioAssistConfig
+        from avtta.adapt.methods.audio_assist import AudioAssist, AudioAssistConfig
 
         def build():
             model = create_model("cav_mae_ft_test", num_classes=C)
