@@ -17,10 +17,11 @@ its encoder output) after the update.
 KEEP: post-update scoring (item 2, ``score="post"``; ``"pre"`` scores the current batch's rows of ``z``); the loss
 over the whole cache (item 4); ``ln(p + 1e-6)`` in the principal entropy (12); READ's balance term added to the
 paper's two terms (13); ``fix_loss_bal`` as all scripts (``False``: READ's softmax-of-sums form).
-FIX: ``0 ln 0 = 0`` in the balance term (item 3, ``safe_balance``; identical wherever the official value is
-finite); a cache of at least one batch (4); the token split at the model's audio token count instead of the
-hard-coded 512/196 (5); one fused ``qkv`` trained instead of q/k/v views (6); no unused work (7: no softmax of
-``Sbar``, no host copy of the attention output). Items 1, 8-11 concern the run protocol (the worker).
+FIX: ``0 ln 0 = 0`` in the balance term, value and gradient (item 3, ``safe_balance``: the mean probability in
+log space; equal to the official value wherever that is finite); a cache of at least one batch (4); the token
+split at the model's audio token count instead of the hard-coded 512/196 (5); one fused ``qkv`` trained instead of
+q/k/v views (6); no unused work (7: no softmax of ``Sbar``, no host copy of the attention output). Items 1, 8-11
+concern the run protocol (the worker).
 """
 
 from __future__ import annotations
@@ -150,13 +151,21 @@ def principal_entropy(probs: Tensor, k: int) -> Tensor:
     return torch.gather(terms, 1, index).sum(dim=1).mean()
 
 
-def balance_term(probs: Tensor, fixed: bool = True, safe: bool = True) -> Tensor:
-    """Entropy of the mean probability (``fixed``; ``0 ln 0 = 0`` if ``safe``) or READ's softmax-of-sums form."""
+def balance_term(logits: Tensor, fixed: bool = True, safe: bool = True) -> Tensor:
+    """Balance term of ``[n, C]`` logits: the entropy of the mean probability ``pbar`` (``fixed``), else READ's form.
+
+    ``safe`` (FIX item 3) takes ``pbar`` in log space (``logsumexp`` of the log-softmaxes minus ``ln n``): a class
+    whose mean probability underflows to 0 then contributes 0 to the value *and* to the gradient (``xlogy`` alone
+    would keep the NaN gradient of ``ln 0``). Unsafe: the official ``-sum pbar ln pbar`` (NaN at ``pbar_c = 0``).
+    """
     if not fixed:
-        summed = probs.sum(dim=0)
+        summed = logits.softmax(dim=1).sum(dim=0)
         return -(summed.softmax(0) * summed.log_softmax(0)).sum()
-    mean = probs.mean(dim=0)
-    return -(torch.special.xlogy(mean, mean) if safe else mean * mean.log()).sum()
+    if safe:
+        log_mean = torch.logsumexp(logits.log_softmax(dim=1), dim=0) - math.log(logits.shape[0])
+        return -(log_mean.exp() * log_mean).sum()
+    mean = logits.softmax(dim=1).mean(dim=0)
+    return -(mean * mean.log()).sum()
 
 
 class ABPEM(TTAMethod):
@@ -209,9 +218,9 @@ class ABPEM(TTAMethod):
         tokens = torch.cat(tuple(self._cache), dim=0) if len(self._cache) > 1 else feats
         with self.autocast():
             logits, scores = fusion_with_scores(self.model, tokens)
-        probs = self.loss_input(logits).softmax(dim=-1)
-        loss_pe = principal_entropy(probs, cfg.prime_ent_k)
-        loss_bal = balance_term(probs, cfg.fix_loss_bal, cfg.safe_balance)
+        z = self.loss_input(logits)
+        loss_pe = principal_entropy(z.softmax(dim=-1), cfg.prime_ent_k)
+        loss_bal = balance_term(z, cfg.fix_loss_bal, cfg.safe_balance)
         scores = scores.float() if self.precision == "bf16" else scores
         loss_att = attention_bootstrap_loss(scores, self.model.num_audio_patches)
         loss = cfg.ent_weight * loss_pe - cfg.bal_weight * loss_bal + cfg.attn_weight * loss_att
