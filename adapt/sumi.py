@@ -57,6 +57,7 @@ class SuMiConfig(MethodConfig):
     e_margin: ``E0`` of the weights ``exp(E0 - H_m)`` (ln(1000)/2 - 1).
     umu: weight ``mu`` of the video entropy in the unimodal mean (1).
     lamda: weight ``lambda`` of the mutual-information term (5).
+    smoothing: apply the range filter (False: an ablation without it; the entropy filter alone selects).
     late_per_clip: second half with per-clip weights ``mean(c H)`` instead of the official ``mean(H) mean(c)``.
     kl_log_space: mixtures formed in log space (FIX item 9); False: the official probability-space ``kl_div``.
     score: "post" (KEEP: second forward after the update) or "pre" (the adaptation forward's ``z_m``).
@@ -68,6 +69,7 @@ class SuMiConfig(MethodConfig):
     e_margin: float = _IMAGENET_MARGIN
     umu: float = 1.0
     lamda: float = 5.0
+    smoothing: bool = True
     late_per_clip: bool = False
     kl_log_space: bool = True
     score: str = "post"
@@ -151,7 +153,7 @@ class SuMi(TTAMethod):
         model = self.model
         batch, count, dim = tokens.shape
         # the official paddings: 1 zero token after the audio, 317 = 512 + 1 - 196 before the video
-        pad = 1 if modality == "a" else model.num_audio_patches + 1 - count
+        pad = 1 if modality == "a" else max(0, model.num_audio_patches + 1 - count)
         zeros = tokens.new_zeros(batch, pad, dim)
         x = torch.cat((tokens, zeros) if modality == "a" else (zeros, tokens), dim=1)
         return model.head(model.pool(model.fuse(x, modality), f"norm_{modality}"))
@@ -174,7 +176,7 @@ class SuMi(TTAMethod):
             logits_m = model.head(model.pool(model.fuse(torch.cat((a, v), dim=1), "u"), "norm"))
             logits_v = self._unimodal_logits(v, "v")
         feats = torch.cat((a.detach().mean(dim=1), v.detach().mean(dim=1)), dim=1).float()
-        smooth = range_filter(feats, t / iters)
+        smooth = range_filter(feats, t / iters) if cfg.smoothing else torch.ones_like(feats[:, 0], dtype=torch.bool)
         z_a, z_m, z_v = (self.loss_input(z) for z in (logits_a, logits_m, logits_v))
         ent_a, ent_v = softmax_entropy(z_a).detach(), softmax_entropy(z_v).detach()
         ent_m = softmax_entropy(z_m)

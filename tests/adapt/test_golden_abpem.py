@@ -237,6 +237,23 @@ def test_loss_pieces() -> None:
     assert float(value.detach()) == 0.0 and torch.isfinite(peaked.grad).all()
 
 
+def test_bf16_and_scaler_paths(narrow) -> None:
+    batch = _batch(9)
+    method = ABPEM(copy.deepcopy(narrow), ABPEMConfig(precision="bf16"))
+    logits = method.step(*batch)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert all(torch.isfinite(p).all() for p in method.params)
+    # the GradScaler path (fp16 on CUDA) runs the same update: exercise it on the CPU with fp32 gradients
+    scaled = ABPEM(copy.deepcopy(narrow), ABPEMConfig())
+    plain = ABPEM(copy.deepcopy(narrow), ABPEMConfig())
+    scaled.scaler = torch.amp.GradScaler("cpu")
+    scaled.step(*batch), plain.step(*batch)
+    assert scaled.scaler.get_scale() == 2.0**16
+    assert any(not torch.equal(p, narrow.get_parameter(n)) for n, p in plain.named_params)  # an update happened
+    # scaling by 2^16 and unscaling is exact in binary floating point except for rounding of the scaled gradient
+    assert all(torch.allclose(p, q, rtol=0, atol=1e-9) for p, q in zip(scaled.params, plain.params, strict=True))
+
+
 @pytest.mark.parametrize(
     "bad",
     [{"cache_size": 0}, {"prime_ent_k": 0}, {"cache_batches": 0}, {"score": "mid"}, {"attn_weight": float("nan")}],
