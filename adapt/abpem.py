@@ -37,7 +37,15 @@ from torch import Tensor, nn
 
 from .base import MethodConfig, TTAMethod
 
-__all__ = ["ABPEM", "ABPEMConfig", "fusion_with_scores", "gaussian_kl"]
+__all__ = [
+    "ABPEM",
+    "ABPEMConfig",
+    "attention_bootstrap_loss",
+    "balance_term",
+    "fusion_with_query_key",
+    "gaussian_kl",
+    "principal_entropy",
+]
 
 _PE_EPS = 1e-6  # the official principal entropy's log offset (KEEP item 12)
 
@@ -93,11 +101,13 @@ def gaussian_kl(mean1: Tensor, std1: Tensor, mean2: Tensor, std2: Tensor) -> Ten
     return torch.log(std2 / std1) + (std1**2 + (mean1 - mean2) ** 2) / (2 * std2**2) - 0.5
 
 
-def _attention_with_scores(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """timm ``Attention`` on ``x`` ``[n, N, D]``, plus the head-averaged pre-softmax scores ``[n, N, N]``.
+def _attention_with_query_key(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """timm ``Attention`` on ``x`` ``[n, N, D]`` -> (output, ``q``, ``k``) with ``Sbar = q k^T`` ``[n, N, N]``.
 
-    The mean over heads of ``q_h k_h^T`` is the full-width product ``Q K^T / H`` (the per-head dot products sum to
-    the full one), so ``Sbar`` is one batched product and the attention output itself can use the fused kernel.
+    The mean over heads of the scaled scores ``q_h k_h^T d_h^-0.5`` is the full-width product ``Q K^T d_h^-0.5 / H``
+    (the per-head dot products sum to the full one): ``q`` is ``Q`` at full width with that factor folded in, so
+    the attention output itself can use the fused kernel and ``Sbar`` need never be formed (see
+    :func:`attention_bootstrap_loss`).
     """
     n, tokens, _ = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
@@ -105,42 +115,71 @@ def _attention_with_scores(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     out = F.scaled_dot_product_attention(q, k, v)
-    q_full = q.transpose(1, 2).reshape(n, tokens, heads * head_dim)
+    out = attn.proj(attn.norm(out.transpose(1, 2).reshape(n, tokens, heads * head_dim)))
+    q_full = q.transpose(1, 2).reshape(n, tokens, heads * head_dim) * (attn.scale / heads)
     k_full = k.transpose(1, 2).reshape(n, tokens, heads * head_dim)
-    scores = torch.bmm(q_full, k_full.transpose(1, 2)) * (attn.scale / heads)
-    out = attn.norm(out.transpose(1, 2).reshape(n, tokens, heads * head_dim))
-    return attn.proj(out), scores
+    return out, q_full, k_full
 
 
-def fusion_with_scores(model: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Fusion block(s) with the unified norms, final norm, token mean, head -> (logits, Sbar of the last block).
+def fusion_with_query_key(model: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Fusion block(s) with the unified norms, final norm, token mean, head -> (logits, ``q``, ``k``).
 
-    The hook a composable model forward should offer: the fusion attention's head-averaged pre-softmax scores.
+    ``q``, ``k`` belong to the last fusion block, scaled so that ``q k^T`` is the official head-averaged pre-softmax
+    score map ``Sbar``. The hook a composable model forward should offer: the fusion attention's queries and keys.
     """
     x = tokens
-    scores = None
+    q = k = None
     for block in model.blocks_u:
         if getattr(block.attn, "gate", None) is not None:
             raise ValueError("ABPEM: gated fusion attention is not supported (adapt/abpem.py)")
-        out, scores = _attention_with_scores(block.attn, block.norm1(x))
+        out, q, k = _attention_with_query_key(block.attn, block.norm1(x))
         x = x + out
         x = x + block.mlp(block.norm2(x))
-    return model.head(model.pool(x, "norm")), scores
+    return model.head(model.pool(x, "norm")), q, k
 
 
-def _block_stats(block: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-clip (mean, unbiased std) over the two token axes of a score block ``[n, Nq, Nk]``."""
-    std, mean = torch.std_mean(block.flatten(1), dim=1)
+def _block_stats_scores(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-clip (mean, unbiased std) of the score block ``q k^T`` ``[n, Nq, Nk]``, formed explicitly."""
+    std, mean = torch.std_mean(torch.bmm(q, k.transpose(1, 2)).flatten(1), dim=1)
     return mean, std
 
 
-def attention_bootstrap_loss(scores: Tensor, num_audio: int) -> Tensor:
-    """``L_att``: cross-modal score blocks pulled to the detached self blocks sharing their keys (spec 3.2.4)."""
-    a, v = slice(0, num_audio), slice(num_audio, None)
-    mean_aa, std_aa = (t.detach() for t in _block_stats(scores[:, a, a]))
-    mean_vv, std_vv = (t.detach() for t in _block_stats(scores[:, v, v]))
-    mean_av, std_av = _block_stats(scores[:, a, v])  # audio queries, video keys
-    mean_va, std_va = _block_stats(scores[:, v, a])  # video queries, audio keys
+def _block_stats_moments(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """The same statistics from the first two moments of ``q`` and ``k``, without forming the block.
+
+    With means ``a = mean_i q_i``, ``b = mean_j k_j`` and covariances ``Sq``, ``Sk`` (``[D, D]``): the block mean is
+    ``a.b`` and its population variance ``tr(Sq Sk) + a^T Sk a + b^T Sq b`` (a sum of non-negative terms, so no
+    cancellation); times ``M / (M - 1)``, ``M = Nq Nk``, for the unbiased form. Evaluated in fp32.
+    """
+    q, k = q.float(), k.float()
+    a, b = q.mean(dim=1), k.mean(dim=1)
+    qc, kc = q - a.unsqueeze(1), k - b.unsqueeze(1)
+    cov_q = torch.bmm(qc.transpose(1, 2), qc) / q.shape[1]
+    cov_k = torch.bmm(kc.transpose(1, 2), kc) / k.shape[1]
+    var = (cov_q * cov_k).sum(dim=(1, 2))
+    var = var + torch.einsum("nd,nde,ne->n", a, cov_k, a) + torch.einsum("nd,nde,ne->n", b, cov_q, b)
+    count = q.shape[1] * k.shape[1]
+    return (a * b).sum(dim=1), torch.sqrt(var * (count / (count - 1)))
+
+
+def attention_bootstrap_loss(q: Tensor, k: Tensor, num_audio: int, via: str = "auto") -> Tensor:
+    """``L_att`` of the score map ``q k^T``: cross-modal blocks pulled to the detached self blocks sharing their keys.
+
+    Per clip (spec 3.2.4): ``KL(VA || AA) + KL(AV || VV)`` of the blocks' Gaussians (mean, unbiased std), the self
+    blocks detached. ``via``: "scores" forms the blocks (``N^2 D`` work), "moments" uses their moments (``N D^2``,
+    no ``N x N`` tensor), "auto" the cheaper one (moments below width ``N / 2``: the narrow test models).
+    """
+    if via == "auto":
+        via = "moments" if 2 * q.shape[2] < q.shape[1] else "scores"
+    if via not in ("scores", "moments"):
+        raise ValueError(f"via must be 'auto', 'scores' or 'moments', got {via!r} (adapt/abpem.py)")
+    stats = _block_stats_moments if via == "moments" else _block_stats_scores
+    q_a, q_v, k_a, k_v = q[:, :num_audio], q[:, num_audio:], k[:, :num_audio], k[:, num_audio:]
+    with torch.no_grad():  # the anchors carry no gradient (the official code detaches them)
+        mean_aa, std_aa = stats(q_a, k_a)
+        mean_vv, std_vv = stats(q_v, k_v)
+    mean_av, std_av = stats(q_a, k_v)  # audio queries, video keys
+    mean_va, std_va = stats(q_v, k_a)  # video queries, audio keys
     return gaussian_kl(mean_va, std_va, mean_aa, std_aa).mean() + gaussian_kl(mean_av, std_av, mean_vv, std_vv).mean()
 
 
@@ -180,6 +219,9 @@ class ABPEM(TTAMethod):
         "vggsound_audio": {"cache_size": 64, "prime_ent_k": 30},  # ours-vgg-audio.sh (batch 32)
     }
 
+    # how L_att's block statistics are computed (same numbers): "auto", "scores" or "moments"
+    attention_stats: str = "auto"
+
     def init_state(self) -> None:
         self._cache: deque[Tensor] = deque()
         self._cache_len: int | None = None
@@ -217,12 +259,13 @@ class ABPEM(TTAMethod):
             self._cache.popleft()
         tokens = torch.cat(tuple(self._cache), dim=0) if len(self._cache) > 1 else feats
         with self.autocast():
-            logits, scores = fusion_with_scores(self.model, tokens)
+            logits, q, k = fusion_with_query_key(self.model, tokens)
         z = self.loss_input(logits)
         loss_pe = principal_entropy(z.softmax(dim=-1), cfg.prime_ent_k)
         loss_bal = balance_term(z, cfg.fix_loss_bal, cfg.safe_balance)
-        scores = scores.float() if self.precision == "bf16" else scores
-        loss_att = attention_bootstrap_loss(scores, self.model.num_audio_patches)
+        if self.precision == "bf16":
+            q, k = q.float(), k.float()
+        loss_att = attention_bootstrap_loss(q, k, self.model.num_audio_patches, self.attention_stats)
         loss = cfg.ent_weight * loss_pe - cfg.bal_weight * loss_bal + cfg.attn_weight * loss_att
         self.last_stats = {
             "adapt_logits": logits.detach(),

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from avtta.adapt.abpem import ABPEM, ABPEMConfig, balance_term, principal_entropy
+from avtta.adapt.abpem import ABPEM, ABPEMConfig, attention_bootstrap_loss, balance_term, gaussian_kl, principal_entropy
 from avtta.models import create_model
 
 # README metric: max |ours - ref| / max |ref| per compared tensor set. Both sides are fp32 on CPU with different
@@ -48,10 +48,11 @@ def _rel(ours: torch.Tensor, ref: np.ndarray) -> float:
     return float((ours.detach().float().cpu() - ref_t).abs().max() / ref_t.abs().max())
 
 
-def _run(gold: dict, weights: Path | None = None, **config) -> tuple[ABPEM, dict, list[dict]]:
-    model = _model(weights or gold["weights"])
+def _run(gold: dict, stats: str = "auto", **config) -> tuple[ABPEM, dict, list[dict]]:
+    model = _model(gold["weights"])
     initial = {k: v.detach().clone() for k, v in model.named_parameters()}
     method = ABPEM(model, ABPEMConfig(**config))
+    method.attention_stats = stats
     steps = []
     for seed, batch in ((100, gold["test1"]), (101, gold["test2"])):
         method.reseed(seed)
@@ -68,11 +69,12 @@ def _official_view(fused: torch.Tensor, key: str) -> torch.Tensor:
     return fused[index * dim : (index + 1) * dim]
 
 
-@pytest.mark.parametrize("safe_balance", [True, False])
-def test_abpem_matches_official_run(gold: dict, safe_balance: bool) -> None:
-    """Both balance forms: xlogy (FIX item 3) equals the official ``p ln p`` wherever the latter is finite."""
+@pytest.mark.parametrize(("safe_balance", "stats"), [(True, "auto"), (False, "auto"), (True, "scores")])
+def test_abpem_matches_official_run(gold: dict, safe_balance: bool, stats: str) -> None:
+    """Both balance forms: log space (FIX item 3) equals the official ``p ln p`` wherever the latter is finite; both
+    ways of computing L_att's statistics (moments at this width, the explicit score blocks at the released one)."""
     out = gold["out"]
-    method, initial, steps = _run(gold, safe_balance=safe_balance)
+    method, initial, steps = _run(gold, stats, safe_balance=safe_balance)
     for step, record in enumerate(steps, start=1):
         assert _rel(record["logits"], out[f"abpem/step{step}_logits"]) < TOL, f"step {step} logits"
         # the adaptation forward over the cache (step 2: test1 rows, then test2 rows) localises a cache bug
@@ -252,6 +254,32 @@ def test_bf16_and_scaler_paths(narrow) -> None:
     assert any(not torch.equal(p, narrow.get_parameter(n)) for n, p in plain.named_params)  # an update happened
     # scaling by 2^16 and unscaling is exact in binary floating point except for rounding of the scaled gradient
     assert all(torch.allclose(p, q, rtol=0, atol=1e-9) for p, q in zip(scaled.params, plain.params, strict=True))
+
+
+def test_attention_bootstrap_paths_agree() -> None:
+    """The moment form (narrow models) equals the explicit score blocks (released width), value and gradient."""
+    gen = torch.Generator().manual_seed(3)
+    # offsets make |mean| ~ 3 std: the moment form must not lose the variance to cancellation
+    q = (torch.randn(3, 40, 8, generator=gen) + 1.0).requires_grad_(True)
+    k = (torch.randn(3, 40, 8, generator=gen) + 0.5).requires_grad_(True)
+    values, grads = [], []
+    for via in ("scores", "moments"):
+        value = attention_bootstrap_loss(q, k, 25, via=via)
+        values.append(value.detach())
+        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(value, (q, k))]))
+    # fp32 reductions over <= 625 products of O(1) values, in two different orders: ~1e-6 relative
+    torch.testing.assert_close(values[1], values[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5 * float(grads[0].abs().max()))
+    # the explicit definition, for one clip: blocks of q k^T, unbiased std, anchors AA (for VA) and VV (for AV)
+    s = (q[0] @ k[0].T).detach()
+    blocks = {"aa": s[:25, :25], "vv": s[25:, 25:], "av": s[:25, 25:], "va": s[25:, :25]}
+    m = {n: b.mean() for n, b in blocks.items()}
+    d = {n: b.std() for n, b in blocks.items()}
+    one = gaussian_kl(m["va"], d["va"], m["aa"], d["aa"]) + gaussian_kl(m["av"], d["av"], m["vv"], d["vv"])
+    single = attention_bootstrap_loss(q[:1].detach(), k[:1].detach(), 25, via="moments")
+    torch.testing.assert_close(single, one, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="adapt/abpem.py"):
+        attention_bootstrap_loss(q, k, 25, via="heads")
 
 
 @pytest.mark.parametrize(
