@@ -26,9 +26,8 @@ import types
 from pathlib import Path
 
 import torch
-from bench_methods import make_inputs, make_model
-
 from avtta.adapt.abpem import ABPEM, ABPEMConfig
+from bench_methods import make_inputs, make_model
 
 _OFFICIAL_PACKAGES = ("models", "TTA")
 
@@ -67,8 +66,8 @@ def run_official(
     with contextlib.redirect_stdout(open(os.devnull, "w")):
         net = code.model_class(label_dim=model.num_classes, embed_dim=model.embed_dim, num_heads=heads)
     missing, unexpected = net.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and all(".attn.qa." in k or ".attn.ka." in k or ".attn.va." in k or
-                                  ".attn.qv." in k or ".attn.kv." in k or ".attn.vv." in k for k in missing), missing  # fmt: skip
+    aliases = tuple(f".attn.{w}." for w in ("qa", "ka", "va", "qv", "kv", "vv"))
+    assert not unexpected and all(any(a in k for a in aliases) for k in missing), missing
     net = torch.nn.DataParallel(net)
     net = code.method.configure_model(net)
     params, _ = code.method.collect_params(net)
