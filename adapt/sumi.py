@@ -13,7 +13,8 @@ on ``f = concat(mean A, mean V)`` (detached): per dimension the batch range's qu
 ``c = exp(E0 - H_m)`` (detached), mutual information ``M = KL((p_v + p_m)/2 || p_a) + KL((p_a + p_m)/2 || p_v)``;
 loss ``mean c (H_m + lambda M)`` while ``t < iters / 2``, then ``mean(H_m) mean(c)``; minus READ's balance term.
 One Adam step (GradScaler for fp16) on every LayerNorm (284 tensors); nothing if no clip is selected. Scored: a
-second no-grad multimodal forward of the whole batch after the update.
+second no-grad multimodal forward of the whole batch after the update (skipped when nothing was selected: it would
+recompute the first forward's logits).
 
 KEEP: ImageNet thresholds (item 1); the "IQR" as the middle half of the batch range (2); the schedule over a known
 ``iters`` (3, a config field); the second-half loss switch (4) and its ``mean(H) mean(c)`` weighting (5,
@@ -197,7 +198,7 @@ class SuMi(TTAMethod):
             else:
                 loss = ent_s.mean() * coeff.mean()  # KEEP item 5: the official mean(H) * mean(c)
             self.apply_update(loss - balance)
-        if cfg.score == "pre":
-            return logits_m
+        if cfg.score == "pre" or selected.numel() == 0:
+            return logits_m  # without an update the second forward would recompute these logits (spec 3.5)
         with torch.no_grad():
             return self.forward_logits(audio, video)
