@@ -130,6 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     official_s, ours_s = statistics.median(ref["times"]), statistics.median(ours["times"])
     print(f"abpem width {args.width} batch {args.batch}: official {official_s:.3f} s/step, ours {ours_s:.3f} s/step "
           f"({official_s / ours_s:.2f}x); logits rel {logits_rel:.2e}, params rel {params_rel:.2e}")  # fmt: skip
+    # where the parameter differences sit: rows q, k, v of the fused weight and bias (the key bias has no gradient
+    # through the softmax, only through L_att's block statistics, so float noise weighs more there)
+    for name, ref_t in ref["params"].items():
+        dim = ref_t.shape[0] // 3
+        errs = [float((ours["params"][name] - ref_t)[i * dim : (i + 1) * dim].abs().max()) for i in range(3)]
+        print(f"  {name}: max |diff| q {errs[0]:.2e}, k {errs[1]:.2e}, v {errs[2]:.2e}")
     print(f"  per step official {[round(t, 3) for t in ref['times']]}, ours {[round(t, 3) for t in ours['times']]}")
 
 
