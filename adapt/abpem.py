@@ -1,8 +1,8 @@
 """ABPEM: attention bootstrapping with principal entropy minimisation (adapting the fusion block's q/k/v).
 
-Paper: Y. Zhao, J. Luo, X. Luo, J. Wang, Z. Xiao, M. Zhang, "Attention Bootstrapping for Multi-Modal Test-Time
-Adaptation", AAAI 2025. Upstream: YushengZhao/ABPEM @ 0791a37 (``TTA/ABPEM.py``, ``models/cav_mae.py``,
-``run_read.py``, ``scripts/ours-*.sh``); spec ``spec/method-abpem.md``.
+Paper: Y. Zhao et al. (first author Yusheng Zhao; the repository names no full author list), "Attention
+Bootstrapping for Multi-Modal Test-Time Adaptation", AAAI 2025. Upstream: YushengZhao/ABPEM @ 0791a37
+(``TTA/ABPEM.py``, ``models/cav_mae.py``, ``run_read.py``, ``scripts/ours-*.sh``); spec ``spec/method-abpem.md``.
 
 Per batch: the frozen encoders give the detached token set ``X = concat(A, V)`` ``[B, 708, D]``, appended to a
 cache of the last ``max(1, cache_size // B)`` batches; the fusion block and head run on the whole cache (``n``
