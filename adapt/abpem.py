@@ -1,6 +1,6 @@
 """ABPEM: attention bootstrapping with principal entropy minimisation (adapting the fusion block's q/k/v).
 
-Paper: Y. Zhao et al. (first author Yusheng Zhao; the repository names no full author list), "Attention
+Paper: Y. Zhao et al. (the repository gives no author list), "Attention
 Bootstrapping for Multi-Modal Test-Time Adaptation", AAAI 2025. Upstream: YushengZhao/ABPEM @ 0791a37
 (``TTA/ABPEM.py``, ``models/cav_mae.py``, ``run_read.py``, ``scripts/ours-*.sh``); spec ``spec/method-abpem.md``.
 
