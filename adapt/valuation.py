@@ -107,6 +107,14 @@ def valuate_batch(
     scored them (see ``docs/valuation.md`` for when to call this relative to ``step``).
     """
     audio_logits, video_logits = modality_logits(model, audio, video, autocast)
+    return values_from_logits(fused_logits, audio_logits, video_logits, labels)
+
+
+def values_from_logits(
+    fused_logits: Tensor, audio_logits: Tensor, video_logits: Tensor, labels: Tensor
+) -> ModalityValues:
+    """:class:`ModalityValues` of a batch from its scored logits and its unimodal logits (computed beforehand when
+    the method scores the model before its update)."""
     fused = fused_logits.detach().float().to(audio_logits.device)
     phi_a, phi_v = shapley_values(fused, audio_logits, video_logits, labels)
     return ModalityValues(

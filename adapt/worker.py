@@ -23,16 +23,17 @@ rounded again (spec item 1, KEEP as an extra column).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import torch
 from avtta.corruptions import AUDIO_ORDER, AV_ORDER, VIDEO_ORDER, CorruptionSpec, format_spec
 from avtta.shards.io import atomic_write, file_digest
@@ -84,6 +85,8 @@ class AdaptConfig:
     ray_address: str | None = None
     progress: bool = True
     quiet: bool = False  # do not print the table (callers that print their own, e.g. the demo)
+    valuation: bool = False  # per-sample modality valuation (phi_a, phi_v) with one extra pair of forwards per batch
+    verbose: bool = False  # let an embedded Ray's own output through (avtta -v)
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -205,7 +208,8 @@ class AdaptationWorker:
         self.cfg = cfg
         self.catalog = Catalog(cfg.catalog)
         self.device = pick_device(cfg.device)
-        self.num_classes = len(self.catalog.classes(cfg.dataset))
+        self.class_names = [mid for mid, _ in self.catalog.classes(cfg.dataset)]
+        self.num_classes = len(self.class_names)
         self._methods: dict[str, Any] = {}
         self._ckpt = checkpoint_digest(cfg.checkpoint)
 
@@ -245,20 +249,23 @@ class AdaptationWorker:
             yield batch["audio"][:take].to(self.device), batch["video"][:take].to(self.device)
             seen += take
 
-    def method(self, name: str) -> Any:
+    def method(self, name: str, samples: int | None = None) -> Any:
         """The method ``name`` over its own model (built once per worker, reset between jobs).
 
-        Serves the method's declarations: its config is model facts < dataset preset < protocol override < the run's
-        precision < ``--method-config``; its source data is loaded from (or computed into) the catalog's cache.
+        Serves the method's declarations: its config is model facts < dataset preset < protocol override < the
+        stream's length (``samples`` of the test set, in batches) < the run's precision < ``--method-config``; its
+        source data is loaded from (or computed into) the catalog's cache; its ``run_inputs`` get a
+        :class:`RunContext` (class names, device, a loader of further checkpoints).
         """
         if name in self._methods:
             return self._methods[name]
-        from avtta.adapt import create_method, get_method_class, make_config, source_data_cached
+        from avtta.adapt import RunContext, create_method, get_method_class, make_config, source_data_cached
 
         cls = get_method_class(name)
         model = self.build_model()
+        batches = -(-samples // self.cfg.batch_size) if samples else None
         overrides = {
-            **cls.run_config(model, dataset=self.cfg.dataset, protocol=self.cfg.protocol),
+            **cls.run_config(model, dataset=self.cfg.dataset, protocol=self.cfg.protocol, stream_batches=batches),
             "precision": self.cfg.precision,
             **self.cfg.method_config.get(name, {}),
         }
@@ -274,17 +281,52 @@ class AdaptationWorker:
             name_parts = (need.cache_key, self._ckpt, info.job or "x", n, f"f{frame}", order)
             path = Path(self.cfg.catalog) / "_cache" / ("-".join(map(str, name_parts)) + ".safetensors")
             overrides[need.argument] = source_data_cached(need, model, self._source(n), path, n, metadata=meta)
-        method = create_method(name, model, **overrides)
+        context = RunContext(tuple(self.class_names), self.device, self._load_frozen_model)
+        inputs = cls.run_inputs(config, context)
+        method = create_method(name, model, inputs=inputs, **overrides)
         self._methods[name] = method
         return method
 
+    def _load_frozen_model(self, checkpoint: str, arch: str | None, num_classes: int | None) -> torch.nn.Module:
+        """A further model a method asks for (``audio_assist``'s labeler): loaded on this device, frozen."""
+        from avtta.models import create_model, read_checkpoint_config
+
+        if arch is None or num_classes is None:
+            try:
+                saved = read_checkpoint_config(checkpoint)
+            except (FileNotFoundError, ValueError) as err:
+                raise ValueError(
+                    f"labeler checkpoint {checkpoint}: give its model name and class list ({err})"
+                ) from None
+            arch = arch or saved.get("model")
+            num_classes = num_classes or saved.get("arch", {}).get("num_classes")
+        if arch is None or num_classes is None:
+            raise ValueError(f"labeler checkpoint {checkpoint}: its config names no model or class count")
+        model = create_model(arch, num_classes=int(num_classes), checkpoint=checkpoint)
+        return model.to(self.device).eval().requires_grad_(False)
+
     # -- running -------------------------------------------------------------------------------------------------
-    def run(self, job: Job, bar: tqdm | None = None) -> list[dict[str, Any]]:
+    def run(self, job: Job, bar: tqdm | None = None) -> JobResult:
+        """One job: reset the method, stream each condition batch by batch, one online step per batch.
+
+        Returns the results rows (one per condition) and the per-sample rows (``samples.parquet``: prediction,
+        correctness, with ``valuation`` the modality values phi_a / phi_v of the model as it scored the batch, and
+        the iterations of methods that record them).
+        """
         from avtta.manifests import open_dataset
 
-        method = self.method(job.method)
+        from .valuation import values_from_logits
+        from .valuation_report import batch_rows
+
+        first = job.conditions[0]
+        method = self.method(
+            job.method, self.catalog.get(self.cfg.dataset, self.cfg.split, *_spec_key(first.selection[0])).samples
+        )
         method.reset(seed=job.seed)  # source state, generator seeded by the run seed (BriMPR: fresh prompts from it)
-        rows = []
+        rows: list[dict[str, Any]] = []
+        samples: list[dict[str, Any]] = []
+        # the valuation looks at the model as it scored: before the step, or after it for post-update scoring
+        after = bool(method.scores_after_update)
         for cond in job.conditions:
             loader = open_dataset(
                 self.catalog,
@@ -301,12 +343,22 @@ class AdaptationWorker:
             )
             correct = total = 0
             batch_accs = []
+            iterations: list[int] = []
             t0 = time.perf_counter()
             for batch in loader:
                 audio = batch["audio"].to(self.device, non_blocking=True)
                 video = batch["video"].to(self.device, non_blocking=True)
                 label = batch["label"].to(self.device, non_blocking=True)
-                logits = method.step(audio, video)
+                if self.cfg.valuation and not after:
+                    unimodal = _unimodal_logits(method, audio, video)
+                logits = method.step(audio, video, keys=batch["key"])
+                values = None
+                if self.cfg.valuation:
+                    unimodal = _unimodal_logits(method, audio, video) if after else unimodal
+                    values = values_from_logits(logits, *unimodal, label)
+                its = getattr(method, "last_iterations", None)
+                iterations += list(its or [])
+                samples += batch_rows(batch["key"], cond.name, job.method, job.seed, label, logits, values, its)
                 hit = int((logits.argmax(dim=1) == label).sum())
                 correct += hit
                 total += len(label)
@@ -329,9 +381,26 @@ class AdaptationWorker:
                     "seconds": seconds,
                     "samples_per_s": total / seconds if seconds > 0 else float("nan"),
                     "continual": self.cfg.continual,
+                    # per-sample adaptation cycles (audio_assist); NaN for methods with one step per batch
+                    "iterations_mean": sum(iterations) / len(iterations) if iterations else float("nan"),
                 }
             )
-        return rows
+        return JobResult(rows, samples)
+
+
+@dataclass
+class JobResult:
+    """What one job returns: results rows (one per condition) and per-sample rows."""
+
+    rows: list[dict[str, Any]]
+    samples: list[dict[str, Any]]
+
+
+def _unimodal_logits(method: Any, audio: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Audio-only and video-only logits of the method's model (no grad; the method's state is untouched)."""
+    from .valuation import modality_logits
+
+    return modality_logits(method.model, audio, video, method.autocast())
 
 
 def run_adaptation(cfg: AdaptConfig) -> list[dict[str, Any]]:
@@ -351,7 +420,6 @@ def run_adaptation(cfg: AdaptConfig) -> list[dict[str, Any]]:
     resolved.update(conditions=[c.name for c in conditions], methods=methods, device=str(pick_device(cfg.device)))
     atomic_write(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
     per_job = {c.name: catalog.get(cfg.dataset, cfg.split, *_spec_key(c.selection[0])).samples for c in conditions}
-    total = sum(per_job[c.name] for j in jobs for c in j.conditions)
     log.info(
         "%d jobs: %d methods x %d conditions x %d seeds%s",
         len(jobs),
@@ -360,66 +428,55 @@ def run_adaptation(cfg: AdaptConfig) -> list[dict[str, Any]]:
         len(cfg.seeds),
         " (continual)" if cfg.continual else "",
     )
-    if cfg.ray_address:
-        rows = _run_on_ray(cfg, jobs, total)
-    else:
-        worker = AdaptationWorker(cfg)
-        rows = []
-        with tqdm(total=total, unit="clip", desc="adapt", disable=not cfg.progress, dynamic_ncols=True) as bar:
-            for job in jobs:
-                rows += worker.run(job, bar)
+    results = _run_jobs(cfg, jobs, per_job)
+    rows = [r for res in results for r in res.rows]
+    samples = [r for res in results for r in res.samples]
+    _write_samples(samples, out, valuation=cfg.valuation)
     write_report(rows, out, quiet=cfg.quiet)
     return rows
+
+
+def _run_jobs(cfg: AdaptConfig, jobs: list[Job], per_job: dict[str, int]) -> list[JobResult]:
+    """Run the jobs in this process (one bar over clips), or fanned out over Ray actors (``--ray-address``): one
+    actor per GPU when the cluster has GPUs, else one per CPU; results in job order."""
+    if not cfg.ray_address:
+        worker = AdaptationWorker(cfg)
+        total = sum(per_job[c.name] for j in jobs for c in j.conditions)
+        with tqdm(total=total, unit="clip", desc="adapt", disable=not cfg.progress, dynamic_ncols=True) as bar:
+            return [worker.run(job, bar) for job in jobs]
+    from avtta.pipelines.ray_runner import run_tasks
+
+    # the actors see the same files: the catalog and checkpoint paths must be shared (absolute)
+    rcfg = replace(
+        cfg, catalog=str(Path(cfg.catalog).resolve()), checkpoint=str(Path(cfg.checkpoint).resolve()), progress=False
+    )
+    return run_tasks(
+        jobs,
+        make_worker=functools.partial(AdaptationWorker, rcfg),
+        address=cfg.ray_address,
+        progress=cfg.progress,
+        desc="clips adapt (ray)",
+        unit_of=lambda job: sum(per_job[c.name] for c in job.conditions),
+        actor_options=_actor_options,
+        verbose=cfg.verbose,
+    )
+
+
+def _actor_options(resources: dict[str, float]) -> dict[str, Any]:
+    """One GPU per adaptation actor when the cluster has GPUs, else one CPU."""
+    return {"num_gpus": 1} if resources.get("GPU", 0) >= 1 else {}
+
+
+def _write_samples(samples: list[dict[str, Any]], out: Path, *, valuation: bool) -> None:
+    """``samples.parquet`` (one row per scored sample) and, with valuation, the valuation report beside it."""
+    from .valuation_report import SAMPLES_FILE, samples_table, write_valuation_report
+
+    table = samples_table(samples)
+    atomic_write(out / SAMPLES_FILE, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    if valuation and samples:
+        write_valuation_report(table, out)
 
 
 def _spec_key(selection: str) -> tuple[str, str, int]:
     spec = CorruptionSpec.parse(selection, strict=False)  # imported sets may carry names outside the registry
     return spec.modality, spec.name, spec.severity
-
-
-def _run_on_ray(cfg: AdaptConfig, jobs: list[Job], total: int) -> list[dict[str, Any]]:
-    """Fan jobs out over Ray actors (one GPU each when the cluster has GPUs) and gather the rows in job order."""
-    import ray
-    from ray.util import ActorPool
-
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, include_dashboard=False, logging_level=logging.WARNING)
-        started = True
-    try:
-        res = ray.cluster_resources()
-        gpus = int(res.get("GPU", 0))
-        cpus = int(res.get("CPU", 1))
-        n = max(1, min(len(jobs), gpus if gpus else cpus))
-        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-        actor_cls = ray.remote(**options)(_RayWorker)
-        # the actors see the same files: the catalog and checkpoint paths must be shared (absolute)
-        rcfg = replace(
-            cfg,
-            catalog=str(Path(cfg.catalog).resolve()),
-            checkpoint=str(Path(cfg.checkpoint).resolve()),
-            progress=False,
-        )
-        actors = [actor_cls.remote(rcfg) for _ in range(n)]
-        log.info("Ray: %d adaptation actors (%s)", n, "1 GPU each" if gpus else "CPU")
-        pool = ActorPool(actors)
-        results: dict[int, list[dict[str, Any]]] = {}
-        with tqdm(total=len(jobs), unit="job", desc="adapt (ray)", disable=not cfg.progress) as bar:
-            for i, rows in pool.map_unordered(lambda a, item: a.run.remote(*item), list(enumerate(jobs))):
-                results[i] = rows
-                bar.update(1)
-        for a in actors:
-            ray.kill(a)
-        return [r for i in range(len(jobs)) for r in results[i]]
-    finally:
-        if started:
-            ray.shutdown()
-
-
-class _RayWorker:
-    def __init__(self, cfg: AdaptConfig):
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        self.worker = AdaptationWorker(cfg)
-
-    def run(self, index: int, job: Job) -> tuple[int, list[dict[str, Any]]]:
-        return index, self.worker.run(job)

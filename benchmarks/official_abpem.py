@@ -1,4 +1,4 @@
-"""Seconds per online step of ABPEM (``avtta.adapt.abpem``) against the official code, with their agreement.
+"""Seconds per online step of ABPEM (``avtta.adapt.methods.abpem``) against the official code, with their agreement.
 
 Official side (``--official DIR``: a checkout of YushengZhao/ABPEM outside this repository, e.g.
 ``git --git-dir=/work/.mirror/YushengZhao+ABPEM/repo archive HEAD TTA models | tar -x -C /tmp/official/ABPEM``): its
@@ -26,7 +26,7 @@ import types
 from pathlib import Path
 
 import torch
-from avtta.adapt.abpem import ABPEM, ABPEMConfig
+from avtta.adapt.methods.abpem import ABPEM, ABPEMConfig
 from bench_methods import make_inputs, make_model
 
 _OFFICIAL_PACKAGES = ("models", "TTA")

@@ -1,4 +1,4 @@
-"""Seconds per online step of SuMi (``avtta.adapt.sumi``) against the official code, with their agreement.
+"""Seconds per online step of SuMi (``avtta.adapt.methods.sumi``) against the official code, with their agreement.
 
 Official side (``--official DIR``: a checkout of zrguo/SuMi outside this repository, e.g.
 ``git --git-dir=/work/.mirror/zrguo+SuMi/repo archive HEAD src models | tar -x -C /tmp/official/SuMi``): its
@@ -26,7 +26,7 @@ import types
 from pathlib import Path
 
 import torch
-from avtta.adapt.sumi import SuMi, SuMiConfig
+from avtta.adapt.methods.sumi import SuMi, SuMiConfig
 from bench_methods import make_inputs, make_model
 
 _OFFICIAL_PACKAGES = ("models", "src")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -167,12 +168,17 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: Mapping[str, s
     config = _config_of(model)
     tensors = {name: value.detach().to("cpu").contiguous() for name, value in model.state_dict().items()}
     header = {**(metadata or {}), "avtta_config": json.dumps(config, sort_keys=True)}
-    from avtta.shards.io import atomic_path, atomic_write  # file writing only: the model code needs no data package
-
-    # Atomic writes, so an interrupted save never leaves a half-written checkpoint in place.
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
-    atomic_write(path.with_suffix(".json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
+    # Written to temporary names and renamed into place, so an interrupted save never leaves a half-written
+    # checkpoint (the model package imports no data package, hence not avtta.shards.io, which does the same).
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+    for final, write in ((path, lambda tmp: save_file(tensors, str(tmp), metadata=header)),
+                         (path.with_suffix(".json"), lambda tmp: tmp.write_bytes(text))):  # fmt: skip
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
     return path
 
 

@@ -75,7 +75,7 @@ def run_tasks(
     progress: bool = True,
     desc: str = "",
     unit_of: Callable[[Any], int] = lambda t: 1,
-    actor_options: dict[str, Any] | None = None,
+    actor_options: dict[str, Any] | Callable[[dict[str, float]], dict[str, Any]] | None = None,
     verbose: bool = False,
 ) -> list[Any]:
     """Run ``getattr(make_worker(), call)(task)`` for every task; return the results in task order.
@@ -89,7 +89,8 @@ def run_tasks(
         progress: show one tqdm bar advanced by ``unit_of(task)`` per finished task.
         desc: the bar's label; its first word is the unit.
         unit_of: how much progress a task is worth (e.g. its number of clips).
-        actor_options: Ray actor resources (default ``{"num_cpus": 1}``; e.g. ``{"num_gpus": 1}``).
+        actor_options: Ray actor resources (default ``{"num_cpus": 1}``; e.g. ``{"num_gpus": 1}``), or a function of
+            the cluster's resources (``ray.cluster_resources()``) returning them (e.g. a GPU each when there are GPUs).
         verbose: let the embedded Ray's own output (logs, worker prints) through.
     """
     if workers is not None and workers < 0:
@@ -112,7 +113,7 @@ def run_tasks(
                 results.append(getattr(worker, call)(task))
                 bar.update(unit_of(task))
             return results
-        return _run_ray(tasks, make_worker, call, workers, address, bar, unit_of, actor_options or {}, verbose)
+        return _run_ray(tasks, make_worker, call, workers, address, bar, unit_of, actor_options, verbose)
 
 
 @contextlib.contextmanager
@@ -153,14 +154,18 @@ def _run_ray(tasks, make_worker, call, workers, address, bar, unit_of, actor_opt
         import ray  # after _ray_session: the embedded instance's environment must be set before Ray is imported
         from ray.util import ActorPool
 
-        options = {"num_cpus": 1, **actor_options}
+        if callable(actor_options):
+            actor_options = actor_options(dict(ray.cluster_resources()))
+        options = {"num_cpus": 1, **(actor_options or {})}
         cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
         per_actor = max(1, int(options["num_cpus"] or 1))
         cap = max(1, cluster_cpus // per_actor)
         if options.get("num_gpus"):
             cap = min(cap, max(1, int(ray.cluster_resources().get("GPU", 0) // options["num_gpus"])))
         n = max(1, min(workers or cap, cap, len(tasks)))
-        log.debug("Ray: %d workers on %d CPUs (%s)", n, cluster_cpus, where)  # -v: between the bars otherwise
+        # on a cluster the user wants to see what it got; an embedded Ray says it only with -v (it would sit between
+        # the progress bars)
+        log.log(logging.INFO if address else logging.DEBUG, "Ray: %d workers on %d CPUs (%s)", n, cluster_cpus, where)
         actor_cls = ray.remote(**options)(_Actor)
         actors = [actor_cls.remote(make_worker, call, per_actor) for _ in range(n)]
         try:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("shards", "manifests", "corruptions", "pipelines", "models", "adapt")  # folder = avtta.<folder>
 DATA = {"avtta.shards", "avtta.manifests", "avtta.corruptions", "avtta.pipelines"}
@@ -115,7 +113,6 @@ def test_model_modules_import_no_data_package():
     assert _violations(files, DATA) == []
 
 
-@pytest.mark.xfail(reason="the method plug-ins (adapt/methods/, issue 11 §4) have not landed yet", strict=False)
 def test_method_modules_import_no_data_package():
     methods = [rel for rel in MODULES if rel.startswith("adapt/methods/")]
     assert methods, "no adapt/methods/ package"

@@ -10,12 +10,14 @@ contract (``encode``, ``fuse_pool``, ``forward_head``, ``get_classifier``, ``dep
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import nn
 
-from .base import PRECISIONS, MethodConfig, SourceData, TTAMethod, derive_seed, take_clips
+from .abpem import ABPEM, ABPEMConfig
+from .audio_assist import AudioAssist, AudioAssistConfig
+from .base import PRECISIONS, MethodConfig, RunContext, SourceData, TTAMethod, derive_seed, take_clips
 from .brimpr import BriMPR, BriMPRConfig, SourceStats, compute_source_stats, load_reference_source_stats
 from .dasp import DASP, DASPConfig
 from .deyo import DeYO, DeYOConfig
@@ -23,11 +25,16 @@ from .eata import EATA, EATAConfig, FisherTable, compute_fisher
 from .read import READ, READConfig
 from .sar import SAR, SARConfig
 from .source import Source, SourceConfig
+from .sumi import SuMi, SuMiConfig
 from .t3a import T3A, T3AConfig
 from .tent import Tent, TentConfig
 from .tsa import TSA, TSAConfig
 
 __all__ = [
+    "ABPEM",
+    "ABPEMConfig",
+    "AudioAssist",
+    "AudioAssistConfig",
     "DASP",
     "EATA",
     "TSA",
@@ -47,8 +54,11 @@ __all__ = [
     "SARConfig",
     "Source",
     "SourceConfig",
+    "RunContext",
     "SourceData",
     "SourceStats",
+    "SuMi",
+    "SuMiConfig",
     "T3AConfig",
     "TSAConfig",
     "TTAMethod",
@@ -65,7 +75,10 @@ __all__ = [
     "take_clips",
 ]
 
-_METHODS: dict[str, type[TTAMethod]] = {cls.name: cls for cls in (Source, T3A, Tent, EATA, SAR, DeYO, READ, BriMPR, TSA, DASP)}
+# the order of the paper tables: the BriMPR repository's eight, then the newer methods
+_METHODS: dict[str, type[TTAMethod]] = {
+    cls.name: cls for cls in (Source, T3A, Tent, EATA, SAR, DeYO, READ, BriMPR, ABPEM, SuMi, TSA, DASP, AudioAssist)
+}
 _ALIASES = {"none": "source"}  # the references' ``--tta_method None``
 
 
@@ -92,7 +105,14 @@ def make_config(name: str, **config: Any) -> MethodConfig:
     return cls(**config)
 
 
-def create_method(name: str, model: nn.Module, *, source: Iterable | None = None, **config: Any) -> TTAMethod:
+def create_method(
+    name: str,
+    model: nn.Module,
+    *,
+    source: Iterable | None = None,
+    inputs: Mapping[str, Any] | None = None,
+    **config: Any,
+) -> TTAMethod:
     """Build method ``name`` over ``model`` (adapted in place).
 
     Args:
@@ -102,6 +122,8 @@ def create_method(name: str, model: nn.Module, *, source: Iterable | None = None
         **config: overrides of the method's config dataclass (e.g. ``lr``, ``precision``, ``seed``), and the
             precomputed source data under its declared keyword (EATA ``fisher=``, BriMPR ``source_stats=``). The
             source-data keyword of another method may be passed as ``None`` (callers loop over methods).
+        inputs: further constructor arguments a method declares through ``run_inputs`` (``audio_assist``'s
+            ``label_map=`` and ``labeler_model=``).
     """
     cls = get_method_class(name)
     declared = cls.source_data.argument if cls.source_data is not None else None
@@ -109,5 +131,5 @@ def create_method(name: str, model: nn.Module, *, source: Iterable | None = None
     given = [key for key in others if config.pop(key, None) is not None]
     if given:
         raise TypeError(f"{name} takes no {', '.join(sorted(given))}= (adapt/methods/__init__.py)")
-    inputs = {declared: config.pop(declared, None), "source": source} if declared else {}
-    return cls(model, make_config(name, **config), **inputs)
+    extra = {declared: config.pop(declared, None), "source": source} if declared else {}
+    return cls(model, make_config(name, **config), **extra, **dict(inputs or {}))

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import MethodConfig, TTAMethod, derive_seed
-from .label_map import LabelMap
+from .base import MethodConfig, RunContext, TTAMethod, derive_seed
+from .label_map import LabelMap, load_class_list, resolve_label_map
 
 logger = logging.getLogger(__name__)
 
@@ -360,6 +360,20 @@ class AudioAssist(TTAMethod):
             if self.config.forward == "videoonly":  # type: ignore[attr-defined]
                 return self.model(None, video, mode="videoonly")
             return self.model(audio, video, mode="multimodal")
+
+    # ------------------------------------------------------------------ declarations served by the run
+    @classmethod
+    def run_inputs(cls, config: MethodConfig, context: RunContext) -> dict[str, Any]:
+        """The label map (validated against both class lists) and, for a checkpoint labeler, the frozen labeler."""
+        cfg: AudioAssistConfig = config  # type: ignore[assignment]
+        labeler_classes = cfg.labeler_classes
+        classes = load_class_list(labeler_classes) if labeler_classes is not None else None
+        inputs: dict[str, Any] = {"label_map": resolve_label_map(cfg.label_map, context.class_names, classes)}
+        if cfg.labeler != "self":
+            inputs["labeler_model"] = context.load_model(
+                cfg.labeler, cfg.labeler_arch, len(classes) if classes is not None else None
+            )
+        return inputs
 
     # ------------------------------------------------------------------ keys
     def set_batch_keys(self, keys: Sequence[str]) -> None:

@@ -37,7 +37,7 @@ import dataclasses
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "MethodConfig", "SourceData", "TTAMethod", "derive_seed", "take_clips"]
+__all__ = ["PRECISIONS", "MethodConfig", "RunContext", "SourceData", "TTAMethod", "derive_seed", "take_clips"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -149,6 +149,22 @@ def take_clips(source: Iterable, num_clips: int) -> Iterator[tuple[Tensor, Tenso
             return
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a run offers :meth:`TTAMethod.run_inputs`.
+
+    Attributes:
+        class_names: the dataset's class names, in logit order.
+        device: the device of the adapted model.
+        load_model: ``load_model(checkpoint, arch, num_classes)`` -> a frozen model on ``device`` (the run owns file
+            access; ``arch``/``num_classes`` may be None when the checkpoint says).
+    """
+
+    class_names: tuple[str, ...]
+    device: torch.device
+    load_model: Callable[[str, str | None, int | None], nn.Module]
+
+
 class TTAMethod(abc.ABC):
     """One online test-time adaptation method over a CAV-MAE classifier.
 
@@ -214,13 +230,41 @@ class TTAMethod(abc.ABC):
         return {}
 
     @classmethod
-    def run_config(cls, model: nn.Module, *, dataset: str | None = None, protocol: str | None = None) -> dict[str, Any]:
-        """The declared overrides of a run: model facts < ``presets[dataset]`` < ``protocol_overrides[protocol]``."""
+    def run_config(
+        cls,
+        model: nn.Module,
+        *,
+        dataset: str | None = None,
+        protocol: str | None = None,
+        stream_batches: int | None = None,
+    ) -> dict[str, Any]:
+        """The declared overrides of a run, later ones winning: model facts < ``presets[dataset]`` <
+        ``presets[f"{dataset}_{protocol}"]`` (e.g. ABPEM's ``ks50_audio``) < ``protocol_overrides[protocol]`` <
+        :meth:`config_for_stream` (SuMi's pass length)."""
         return {
             **cls.config_for_model(model),
             **cls.presets.get(str(dataset), {}),
+            **cls.presets.get(f"{dataset}_{protocol}", {}),
             **cls.protocol_overrides.get(str(protocol), {}),
+            **(cls.config_for_stream(stream_batches) if stream_batches else {}),
         }
+
+    @classmethod
+    def config_for_stream(cls, batches: int) -> dict[str, Any]:
+        """Config overrides that follow from the length of a test stream in batches (SuMi's ``iters``); none here."""
+        return {}
+
+    @classmethod
+    def run_inputs(cls, config: MethodConfig, context: RunContext) -> dict[str, Any]:
+        """Constructor keyword arguments the run prepares for this method, besides the config and the source data
+        (e.g. ``audio_assist``'s label map and labeler model); none by default."""
+        return {}
+
+    @property
+    def scores_after_update(self) -> bool:
+        """Whether the scored logits come from the model after this batch's update (READ's ``score="post"``...):
+        a run that inspects the scoring model (modality valuation) looks at it after :meth:`step` then."""
+        return getattr(self.config, "score", "pre") == "post"
 
     @classmethod
     def source_input(cls, model: nn.Module, config: MethodConfig, value: Any, source: Iterable | None) -> Any:
@@ -274,8 +318,12 @@ class TTAMethod(abc.ABC):
         """Detached copies of the trained parameters, by name."""
         return {n: p.detach().clone() for n, p in self.named_params}
 
-    def step(self, audio: Tensor, video: Tensor) -> Tensor:
-        """Adapt on one batch (``audio [B,1024,128]``, ``video [B,3,224,224]``); returns scored fp32 logits."""
+    def step(self, audio: Tensor, video: Tensor, keys: Sequence[str] | None = None) -> Tensor:
+        """Adapt on one batch (``audio [B,1024,128]``, ``video [B,3,224,224]``); returns scored fp32 logits.
+
+        ``keys`` (the samples' keys, optional) are kept in ``batch_keys`` for methods whose draws are per sample.
+        """
+        self.batch_keys = None if keys is None else [str(k) for k in keys]
         audio = audio.to(self.device, non_blocking=True)
         video = video.to(self.device, non_blocking=True)
         grad_mode = torch.enable_grad() if self.adapts else torch.no_grad()

@@ -27,7 +27,7 @@ def _names(text: str) -> tuple[str, ...]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "adapt",
-        help="adapt a model online (Source, T3A, Tent, EATA, SAR, DeYO, READ, BriMPR) on corrupted shard sets",
+        help="adapt a model online (every registered TTA method: avtta adapt --methods all) on corrupted shard sets",
         description="Stream the selected shard sets batch by batch and update each method online (one step per "
         "batch). Resets per corruption and seed (never with --continual). Writes results.parquet/csv, table.md, "
         "heatmap.png and config.json under --out.",
@@ -87,6 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--ray-address", dest="ray_address", help="fan (method, corruption, seed) jobs out over a Ray cluster"
+    )
+    p.add_argument(
+        "--valuation",
+        action="store_true",
+        help="per-sample modality valuation (phi_a, phi_v: Wei et al. CVPR'24) in samples.parquet, valuation.png",
     )
     p.add_argument("--out", help="run folder")
     p.add_argument("--no-progress", action="store_true", dest="no_progress", help="no progress bar")

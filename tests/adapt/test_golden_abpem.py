@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from avtta.adapt.abpem import ABPEM, ABPEMConfig, attention_bootstrap_loss, balance_term, gaussian_kl, principal_entropy
+from avtta.adapt.methods.abpem import (
+    ABPEM,
+    ABPEMConfig,
+    attention_bootstrap_loss,
+    balance_term,
+    gaussian_kl,
+    principal_entropy,
+)
 from avtta.models import create_model
 
 # README metric: max |ours - ref| / max |ref| per compared tensor set. Both sides are fp32 on CPU with different

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from avtta.adapt.sumi import SuMi, SuMiConfig, mutual_information, range_filter
+from avtta.adapt.methods.sumi import SuMi, SuMiConfig, mutual_information, range_filter
 from avtta.models import create_model
 
 # README metric: max |ours - ref| / max |ref| per compared tensor set. Both sides are fp32 on CPU with different

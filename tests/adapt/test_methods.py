@@ -21,10 +21,20 @@ SWEEP = {
     "sar": {"e_margin": 1.0, "reset_constant": 0.0},
     "deyo": {"deyo_margin": 1.0, "plpd_threshold": -2.0},
     "brimpr": {"num_samples_source": B},
-    "dasp": {"delta": 0.0},  # always take an updating branch (at B=3 the redundancy test may choose none)
+    "dasp": {"delta": 0.0},
+    "sumi": {
+        "smoothing": False,
+        "uent_thresh": 0.0,
+        "ment_thresh": 100.0,
+    },  # always take an updating branch (at B=3 the redundancy test may choose none)
 }
 # Filters closed: no sample is reliable.
-CLOSED = {"eata": {"e_margin": 0.0}, "sar": {"e_margin": 0.0}, "deyo": {"deyo_margin": 0.0}}
+CLOSED = {
+    "eata": {"e_margin": 0.0},
+    "sar": {"e_margin": 0.0},
+    "deyo": {"deyo_margin": 0.0},
+    "sumi": {"ment_thresh": -1.0},
+}
 
 
 def _batch(seed: int, n: int = B) -> tuple[torch.Tensor, torch.Tensor]:

@@ -136,6 +136,11 @@ class SuMi(TTAMethod):
     # main.py sets only the class count; iters = len(loader) at the default batch 32.
     presets: ClassVar[dict[str, dict[str, Any]]] = {"ks50": {"iters": 78}, "vggsound": {"iters": 439}}
 
+    @classmethod
+    def config_for_stream(cls, batches: int) -> dict[str, Any]:
+        """``iters`` is the pass length: the run gives the real number of batches of its test stream."""
+        return {"iters": int(batches)}
+
     def init_state(self) -> None:
         self.t = 0
         self.last_stats: dict[str, Tensor] = {}
