@@ -1,25 +1,30 @@
-"""Time per online step of every TTA method (``avtta.adapt``) on one model and batch, optionally side by side with
-the official implementations, and report how closely they agree.
+"""Time per online step of every registered TTA method (``avtta.adapt``), side by side with the official
+implementations where their checkouts are given, and report how closely they agree.
 
 Our side: ``create_model("cav_mae_ft_base", embed_dim=W, num_heads=H)`` with a seeded random initialisation and the
-classifier weight x30 (``--head-scale``; confident predictions, as in ../shared/golden; at width 768 use ~3, as
-x30 saturates the softmax and the entropy gradients vanish), smooth random inputs, the methods' default
-settings; the method generator is reseeded ``100 + step`` before each step.
+classifier weight scaled (confident predictions, as in ../shared/golden: x30 by default, x5 for ABPEM, SuMi and
+AdaPGC, whose official code breaks at x30 (their goldens use x5); PTA's head is also made data-dependent, see
+``official_pta.spread_head``; ``--head-scale`` sets one factor for all, ~3 at width 768, where x30 saturates the
+softmax and the entropy gradients vanish), smooth random inputs, the methods' default settings; the method
+generator is reseeded ``100 + step`` before each step.
 
-Official side (``--official DIR``, a checkout of Luchicken/BriMPR outside this repository, e.g. extracted from the
-mirror with ``git --git-dir=/work/.mirror/Luchicken+BriMPR/repo archive HEAD TTA models dataloader.py utilities``):
-its CAVMAEFT gets the same weights (wrapped in ``nn.DataParallel``, which on a CPU-only machine calls the module
-directly), its ``setup_*`` functions build the methods, ``torch.manual_seed(100 + step)`` precedes each step, its
-source loaders are replaced by the same source batch, ``Tensor.cuda`` is a no-op (T3A calls it), and if ``einops``
-is not installed a two-pattern stand-in is registered (DeYO uses ``rearrange`` only). It runs in a temporary working
-directory (the official code writes its Fisher / source-statistics caches to ``./ckpt``). BriMPR's prompts are copied
-from the official initialisation. Parity columns: max |ours - official| of the scored logits over all steps relative
-to max |official|, and of the trained parameters after the last step relative to their scale.
+Official side (``--official REPO=DIR``, once per repository, each a checkout outside this repository, see
+``REPOS``): ``benchmarks/official_<runner>.py`` runs the official method on the same weights and batches
+(``torch.manual_seed(100 + step)`` before each step; what each runner adapts to run the code on a CPU is in its
+docstring); initial values that the official constructor draws (BriMPR's prompts, DASP's adapters) are copied
+into ours. Parity columns: max |ours - official| of the scored logits over all steps relative to max |official|,
+and of the trained parameters after the last step relative to their scale, with the number of values off by more
+than 1e-4 of that scale. ``fwd/step``: passes through the video encoder / the classifier per step, counted by hooks
+on the models each side runs.
 
 Examples::
 
     .venv/bin/python benchmarks/bench_methods.py                      # width 32, ours only
-    .venv/bin/python benchmarks/bench_methods.py --official /tmp/official/BriMPR --width 768 --heads 12 --batch 4
+    .venv/bin/python benchmarks/bench_methods.py --official brimpr=/tmp/official/BriMPR \
+        --official abpem=/tmp/official/ABPEM --official sumi=/tmp/official/SuMi --official pta=/tmp/official/PTA \
+        --official adapgc=/tmp/official/AdaPGC --official dasp=/tmp/official/DASP
+    .venv/bin/python benchmarks/bench_methods.py --official brimpr=/tmp/official/BriMPR --methods read brimpr \
+        --width 768 --heads 12 --batch 4 --head-scale 3
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib
 import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
-import types
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,16 +49,9 @@ from avtta.models import create_model
 
 from avtta import adapt
 
-OFFICIAL_SETUP = {
-    "source": "setup_source",
-    "t3a": "setup_t3a",
-    "tent": "setup_tent",
-    "eata": "setup_eata",
-    "sar": "setup_sar",
-    "deyo": "setup_deyo",
-    "read": "setup_read",
-    "brimpr": "setup_brimpr",
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from official_brimpr import METHODS as OFFICIAL_BRIMPR  # noqa: E402
+from official_common import compare  # noqa: E402
 
 
 def make_inputs(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,134 +72,139 @@ def make_model(width: int, heads: int, head_scale: float = 30.0) -> torch.nn.Mod
     return model
 
 
-def _trained(method: adapt.TTAMethod) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in method.named_params}
+@dataclass(frozen=True)
+class Bench:
+    """How one method is benchmarked.
+
+    ``repo``: the ``--official`` key of the checkout holding the official code (None: ours only); ``runner``: the
+    module in benchmarks/ whose ``run_official`` runs it; ``head_scale``: the classifier factor at width 32 (where a
+    method's official code breaks at x30, its golden's x5); ``ours`` / ``official``: settings for the two sides (the
+    same run settings, spelled by each); ``skip_key_bias``: leave the key rows of a trained ``qkv`` bias out of the
+    parameter comparison (zero gradient); ``spread``: make the head's predictions differ between clips
+    (``official_pta.spread_head``: PTA only updates when they do).
+    """
+
+    repo: str | None
+    runner: str | None
+    head_scale: float = 30.0
+    ours: dict = field(default_factory=dict)
+    official: dict = field(default_factory=dict)
+    skip_key_bias: bool = False
+    spread: bool = False
+
+
+REPOS = {
+    "brimpr": "Luchicken/BriMPR", "abpem": "YushengZhao/ABPEM", "sumi": "zrguo/SuMi", "pta": "MPI-Lab/PTA",
+    "adapgc": "XuJinglinn/AdaPGC", "dasp": "he4cs/DASP",
+}  # fmt: skip
+SUMI_ITERS = 4  # stream length of SuMi's schedule (steps t = 0, 1, ... of it), as its goldens
+
+BENCHES = {
+    **{name: Bench("brimpr", "official_brimpr", official={"method": name}) for name in OFFICIAL_BRIMPR},
+    "abpem": Bench("abpem", "official_abpem", head_scale=5.0),
+    "sumi": Bench("sumi", "official_sumi", head_scale=5.0, ours={"iters": SUMI_ITERS}, official={"iters": SUMI_ITERS}),
+    "pta": Bench("pta", "official_pta", skip_key_bias=True, spread=True),
+    "adapgc": Bench("adapgc", "official_adapgc", head_scale=5.0, skip_key_bias=True),
+    "tsa": Bench("dasp", "official_tsa"),
+    "dasp": Bench("dasp", "official_dasp"),
+    "audio_assist": Bench(None, None),
+}
+
+
+class ForwardCounter:
+    """Counts passes through the video patch embedding (modality encoders) and the classifier of CAV-MAE models.
+
+    Hooks are put on the model instances the two sides run (copies made later, such as an EMA model, inherit them),
+    so the count is what the code does, not what it is said to do. An official model is hooked when it is wrapped in
+    ``nn.DataParallel`` (every runner wraps it, as the official code expects).
+    """
+
+    def __init__(self) -> None:
+        self.encoder = 0
+        self.head = 0
+
+    def _count(self, kind: str) -> Callable:
+        def hook(module: torch.nn.Module, inputs: tuple, output: object) -> None:
+            setattr(self, kind, getattr(self, kind) + 1)
+
+        return hook
+
+    def attach(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not getattr(model, "_bench_counted", False):
+            model.patch_embed_v.register_forward_hook(self._count("encoder"))
+            model.mlp_head.register_forward_hook(self._count("head"))
+            model._bench_counted = True
+        return model
+
+    @contextlib.contextmanager
+    def official(self) -> Iterator[None]:
+        """Hook every model the official side wraps in ``nn.DataParallel`` inside this block."""
+        plain, counter = torch.nn.DataParallel, self
+
+        class Counted(plain):  # type: ignore[misc, valid-type]
+            def __init__(self, module: torch.nn.Module, *args, **kwargs) -> None:
+                counter.attach(module)
+                super().__init__(module, *args, **kwargs)
+
+        torch.nn.DataParallel = Counted
+        try:
+            yield
+        finally:
+            torch.nn.DataParallel = plain
+
+    def per_step(self, steps: int) -> str:
+        return f"{self.encoder / steps:g}/{self.head / steps:g}"
 
 
 def run_ours(
-    name: str, model: torch.nn.Module, batches: list, source: tuple, prompts: dict | None = None, plpd: float = 0.2
+    name: str, model: torch.nn.Module, batches: list, source: tuple, config: dict, initial: dict | None = None
 ) -> dict:
-    config: dict = {"eata": {"fisher_size": source[0].shape[0]}, "deyo": {"plpd_threshold": plpd}}.get(name, {})
-    if name == "brimpr":
-        config = {"num_samples_source": source[0].shape[0]}
+    """Our ``name`` on ``batches`` (``initial``: values for trained tensors that the official constructor drew)."""
+    counter = ForwardCounter()
+    counter.attach(model)
+    if adapt.get_method_class(name).source_data:
+        config = {adapt.get_method_class(name).source_data.size_field: source[0].shape[0], **config}
     method = adapt.create_method(
         name, model, source=[source] if adapt.get_method_class(name).source_data else None, **config
     )
-    if prompts is not None:
+    if initial:
         with torch.no_grad():
-            method.prompts_a.copy_(prompts["a"])
-            method.prompts_v.copy_(prompts["v"])
-    initial = _trained(method)
+            for param_name, p in method.named_params:
+                if param_name in initial:
+                    p.copy_(initial[param_name])
+    start = method.trainable_state()
+    counter.encoder = counter.head = 0  # the source statistics above are computed once, not per step
     times, logits = [], []
     for step, (audio, video) in enumerate(batches):
         method.reseed(100 + step)
         t0 = time.perf_counter()
         logits.append(method.step(audio, video))
         times.append(time.perf_counter() - t0)
-    params = _trained(method)
-    moved = max((float((params[n] - initial[n]).abs().max()) for n in params), default=0.0)
-    return {"times": times, "logits": logits, "params": params, "moved": moved}
-
-
-# ---------------------------------------------------------------------------------------------- official side
-def _einops_stand_in() -> None:
-    """DeYO needs ``einops.rearrange`` for two fixed patterns; register an equivalent if einops is absent."""
-    try:
-        import einops  # noqa: F401
-
-        return
-    except ImportError:
-        pass
-
-    def rearrange(x: torch.Tensor, pattern: str, ps1: int, ps2: int) -> torch.Tensor:
-        if pattern == "b c (ps1 h) (ps2 w) -> b (ps1 ps2) c h w":
-            b, c, height, width = x.shape
-            h, w = height // ps1, width // ps2
-            return x.reshape(b, c, ps1, h, ps2, w).permute(0, 2, 4, 1, 3, 5).reshape(b, ps1 * ps2, c, h, w)
-        if pattern == "b (ps1 ps2) c h w -> b c (ps1 h) (ps2 w)":
-            b, _, c, h, w = x.shape
-            return x.reshape(b, ps1, ps2, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(b, c, ps1 * h, ps2 * w)
-        raise NotImplementedError(pattern)
-
-    sys.modules["einops"] = types.SimpleNamespace(rearrange=rearrange)
-
-
-def official_args(num_classes: int, source_size: int, plpd: float = 0.2) -> types.SimpleNamespace:
-    """The reference CLI defaults (BriMPR ``run.py``) that the methods read."""
-    return types.SimpleNamespace(
-        n_class=num_classes, testmode="multimodal", dataset="bench", batch_size=64, num_workers=0,
-        filter_K=20, fisher_size=source_size, fisher_alpha=1.0, d_margin=0.1,
-        patch_len=4, aug_type="patch", deyo_margin=0.5, deyo_margin_e0=0.4, plpd_threshold=plpd,
-        num_prompts_a=10, num_prompts_v=10, prompt_layers=11, mask=0.5, a=0.2, b=5.0, tau=0.07,
-        num_samples_source=source_size,
-    )  # fmt: skip
+    params = method.trainable_state()
+    moved = max((float((params[n] - start[n]).abs().max()) for n in params), default=0.0)
+    return {
+        "times": times,
+        "logits": logits,
+        "params": params,
+        "moved": moved,
+        "forwards": counter.per_step(len(batches)),
+    }
 
 
 def run_official(
-    name: str, official: Path, ours_model: torch.nn.Module, batches: list, source: tuple, heads: int, plpd: float = 0.2
+    name: str, bench: Bench, official_dir: Path, model: torch.nn.Module, batches: list, extra: dict
 ) -> dict:
-    _einops_stand_in()
-    if str(official) not in sys.path:
-        sys.path.insert(0, str(official))
-    from TTA import EATA, BriMPR, setup_model  # type: ignore[import-not-found]
-
-    from models.cav_mae import CAVMAEFT as OfficialCAVMAEFT  # type: ignore[import-not-found]
-
-    width = ours_model.embed_dim
-    with contextlib.redirect_stdout(open(os.devnull, "w")):
-        model = OfficialCAVMAEFT(label_dim=ours_model.num_classes, embed_dim=width, num_heads=heads)
-    missing, unexpected = model.load_state_dict(ours_model.state_dict(), strict=False)
-    assert not unexpected and all(".attn.q." in k or ".attn.k." in k or ".attn.v." in k for k in missing), missing
-    model = torch.nn.DataParallel(model)
-    labels = torch.zeros(source[0].shape[0], ours_model.num_classes)
-    loader = [(source[0], source[1], labels)]
-    EATA.get_source_loader = lambda args, fisher_size=2000: loader
-    BriMPR.get_source_loader = lambda args, num_samples=32: loader
-    torch.Tensor.cuda = lambda self, *a, **k: self  # T3A moves an index list to CUDA
-    args = official_args(ours_model.num_classes, source[0].shape[0], plpd)
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as scratch:
-        os.chdir(scratch)  # the official code caches ./ckpt/fisher/*.pkl and ./ckpt/src_stat_*/*.pth
-        try:
-            torch.manual_seed(0)
-            with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # BriMPR's tqdm bar
-                method = getattr(setup_model, OFFICIAL_SETUP[name])(model, torch.device("cpu"), args)
-            prompts = None
-            if name == "brimpr":
-                pva = method.pva_model.module
-                prompts = {"a": pva.prompts_a.detach().clone(), "v": pva.prompts_v.detach().clone()}
-            times, logits = [], []
-            for step, (audio, video) in enumerate(batches):
-                torch.manual_seed(100 + step)
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    out = method((audio, video), True)[0]
-                times.append(time.perf_counter() - t0)
-                logits.append(out.detach().float())
-        finally:
-            os.chdir(cwd)
-    if name == "brimpr":
-        pva = method.pva_model.module
-        params = {"prompts_a": pva.prompts_a.detach().clone(), "prompts_v": pva.prompts_v.detach().clone()}
-    else:
-        params = {k: v.detach().clone() for k, v in model.module.named_parameters()}
-    return {"times": times, "logits": logits, "params": params, "prompts": prompts}
+    """The official ``name`` through its runner, with the forwards counted."""
+    runner = importlib.import_module(bench.runner)
+    counter = ForwardCounter()
+    with counter.official():
+        ref = runner.run_official(official_dir, model, batches, **bench.official, **extra)
+    ref["forwards"] = counter.per_step(len(batches))
+    return ref
 
 
-def parity(ours: dict, ref: dict) -> dict:
-    logit_scale = max(float(r.abs().max()) for r in ref["logits"])
-    logit_err = max(float((o - r).abs().max()) for o, r in zip(ours["logits"], ref["logits"], strict=True))
-    out = {"logits_rel": logit_err / logit_scale}
-    names = list(ours["params"])
-    if names:
-        scale = max(float(ref["params"][n].abs().max()) for n in names)
-        diffs = [(ours["params"][n] - ref["params"][n]).abs().flatten() for n in names]
-        out["params_rel"] = max(float(d.max()) for d in diffs) / scale
-        # Adam's first steps are sign-like (+-lr): an element whose gradient is ~0 (float noise) can step the other
-        # way in either implementation, so also count how many values are off by more than 1e-4 of the scale.
-        out["params_off"] = sum(int((d > 1e-4 * scale).sum()) for d in diffs)
-        out["params_total"] = sum(d.numel() for d in diffs)
-    return out
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,53 +214,77 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=6)
     parser.add_argument("--steps", type=int, default=3, help="online steps per method (timed individually)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--methods", nargs="+", default=adapt.list_methods())
+    parser.add_argument("--methods", nargs="+", default=adapt.list_methods(), help="registered method names")
     parser.add_argument(
-        "--head-scale", type=float, default=30.0, help="classifier weight factor (30 at width 32, ~3 at 768)"
-    )
+        "--head-scale", type=float, help="classifier factor for every method (default per method: x30, x5 where the "
+        "official code needs it; use ~3 at width 768, where x30 saturates the softmax)",
+    )  # fmt: skip
     parser.add_argument("--plpd-threshold", type=float, default=0.2, help="DeYO's PLPD threshold (both sides)")
-    parser.add_argument("--official", type=Path, help="checkout of Luchicken/BriMPR to compare against")
+    parser.add_argument(
+        "--official", action="append", default=[], metavar="REPO=DIR",
+        help="a checkout of an official repository, outside this one (REPO: "
+        + ", ".join(f"{k} = {v}" for k, v in REPOS.items()) + ")",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    checkouts = {}
+    for item in args.official:
+        key, sep, path = item.partition("=")
+        if not sep or key not in REPOS:
+            parser.error(f"--official {item!r}: expected REPO=DIR with REPO one of {', '.join(REPOS)}")
+        checkouts[key] = Path(path).resolve()
+    unknown = [m for m in args.methods if m not in adapt.list_methods()]
+    if unknown:
+        parser.error(f"--methods: {unknown} not registered ({', '.join(adapt.list_methods())})")
 
     torch.set_num_threads(args.threads)
+    # the official code's CUDA autocast / GradScaler warn on every step on a CPU-only machine; timm's old import path
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
     batches = [make_inputs(args.batch, seed) for seed in range(1, args.steps + 1)]
     source = make_inputs(args.batch, 0)
-    base = make_model(args.width, args.heads, args.head_scale)
     results = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "config": {k: [str(v) for v in v] if k == "official" else v for k, v in vars(args).items()},
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "cpu_count": os.cpu_count()},
         "methods": {},
     }
-    header = f"{'method':8s} {'ours s/step':>12s} {'max update':>11s}"
-    if args.official:
-        header += (
-            f" {'official s/step':>16s} {'speed-up':>9s} {'logits rel':>11s} {'params rel':>11s} {'values off':>16s}"
-        )
-    print(header, flush=True)
+    print(
+        f"{'method':12s} {'ours s/step':>11s} {'fwd/step':>8s} {'max update':>10s} {'official s/step':>15s} "
+        f"{'fwd/step':>8s} {'speed-up':>8s} {'logits rel':>10s} {'params rel':>10s} {'values off':>17s}",
+        flush=True,
+    )
     for name in args.methods:
-        row: dict = {}
+        bench = BENCHES.get(name, Bench(None, None))
+        base = make_model(args.width, args.heads, args.head_scale or bench.head_scale)
+        if bench.spread:
+            from official_pta import spread_head
+
+            spread_head(base, batches, 3.0)
+        ours_config = dict(bench.ours)
+        extra = {}
+        if name == "deyo":
+            ours_config["plpd_threshold"] = extra["plpd"] = args.plpd_threshold
+        if bench.repo == "brimpr":
+            extra["source"] = source
+        if name == "dasp":
+            ours_config["rank"] = extra["rank"] = min(32, args.width)
         ref = None
-        if args.official:
-            ref = run_official(name, args.official.resolve(), base, batches, source, args.heads, args.plpd_threshold)
-            row["official_s"] = ref["times"]
-        ours = run_ours(
-            name, copy.deepcopy(base), batches, source, ref["prompts"] if ref else None, args.plpd_threshold
-        )
-        row["ours_s"] = ours["times"]
-        row["max_update"] = ours["moved"]
-        line = f"{name:8s} {statistics.median(ours['times']):12.3f} {ours['moved']:11.2e}"
+        if bench.repo in checkouts:
+            ref = run_official(name, bench, checkouts[bench.repo], copy.deepcopy(base), batches, extra)
+        ours = run_ours(name, copy.deepcopy(base), batches, source, ours_config, ref.get("initial") if ref else None)
+        row: dict = {"ours_s": ours["times"], "ours_forwards": ours["forwards"], "max_update": ours["moved"]}
+        line = f"{name:12s} {_median(ours['times']):11.3f} {ours['forwards']:>8s} {ours['moved']:10.2e}"
         if ref is not None:
-            row.update(parity(ours, ref))
-            speed = statistics.median(ref["times"]) / statistics.median(ours["times"])
-            line += f" {statistics.median(ref['times']):16.3f} {speed:9.2f} {row['logits_rel']:11.2e}"
-            line += f" {row.get('params_rel', float('nan')):11.2e}"
-            if "params_off" in row:
-                line += f" {row['params_off']:>7d}/{row['params_total']:<8d}"
+            row.update(official_s=ref["times"], official_forwards=ref["forwards"])
+            row.update(compare(ours, ref, skip_key_bias=bench.skip_key_bias))
+            speed = _median(ref["times"]) / _median(ours["times"])
+            line += f" {_median(ref['times']):15.3f} {ref['forwards']:>8s} {speed:7.2f}x {row['logits_rel']:10.2e}"
+            if "params_rel" in row:
+                line += f" {row['params_rel']:10.2e} {row['params_off']:>8d}/{row['params_total']:<8d}"
         results["methods"][name] = row
         print(line, flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        if args.json:  # after every method: a long width-768 run keeps what it measured
+            args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

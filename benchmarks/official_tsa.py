@@ -7,9 +7,7 @@ only draw), and returns the time of every step, the scored logits and the traine
 loading (no ``methods/__init__``, no yacs, literal widths patched in the loaded text when the width is not 768) is
 ``official_dasp.py``'s.
 
-Side by side::
-
-    .venv/bin/python benchmarks/official_tsa.py /tmp/official/DASP --width 768 --heads 12 --batch 4 --head-scale 3
+Driven by ``bench_methods.py --official dasp=DIR``. Earlier measurements: docs/faithfulness-tsa.md, "Speed".
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from official_dasp import _timed_steps, load_official, official_cfg, official_model, side_by_side  # noqa: E402
+from official_dasp import load_official, official_cfg, official_model, official_steps  # noqa: E402
 
 __all__ = ["run_official"]
 
@@ -40,10 +38,6 @@ def run_official(official_dir: Path, model: torch.nn.Module, batches: list, **se
     wrapper = official_model(cavmaeft, model)
     cfg = official_cfg(TSA={k.upper(): v for k, v in settings.items()})
     method = method_class(cfg, wrapper, model.num_classes)
-    times, logits = _timed_steps(method, batches)
+    times, logits = official_steps(method, batches)
     params = {name: getattr(wrapper, name).detach().clone() for name in PARAMS}
     return {"times": times, "logits": logits, "params": params}
-
-
-if __name__ == "__main__":
-    side_by_side("tsa")
