@@ -250,7 +250,7 @@ class AdaPGC(TTAMethod):
         )
         with torch.no_grad():
             self.ema_shadow = {
-                n: self.ema_initial[n].clone() if n in self.ema_initial else p.detach().clone()
+                n: self.ema_initial[n].to(p, copy=True) if n in self.ema_initial else p.detach().clone()
                 for n, p in self.named_params
             }
         self.ema_updates = 0
