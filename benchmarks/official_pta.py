@@ -186,7 +186,7 @@ def run_ours(model: torch.nn.Module, batches: list, *, loss: str = "released") -
 def compare(ours: dict, ref: dict) -> dict:
     """Max relative differences of the scored logits (all steps) and of the trained parameters (last step).
 
-    The key bias (rows 2D..3D-1 of the bias) has a mathematically zero gradient; it is left out of the parameters.
+    The key bias (rows D..2D-1 of the bias) has a mathematically zero gradient; it is left out of the parameters.
     """
     scale = max(float(r.abs().max()) for r in ref["logits"])
     logits = max(float((o - r).abs().max()) for o, r in zip(ours["logits"], ref["logits"], strict=True)) / scale
