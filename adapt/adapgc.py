@@ -151,8 +151,10 @@ class GaussianClassModel:
         self.means = torch.where(seen.unsqueeze(1), means, self.means)
         # KEEP 6: the reference's covariance update is algebraically Sigma_k + (1 - alpha) dQ_k / N_k with
         # dQ_k = sum_b resp_bk x_b x_b^T; accumulated as one batched product without a [K, D, D] temporary.
-        scale = torch.where(seen, (1 - alpha) / nk, torch.zeros_like(nk))
-        weighted = resp.t().unsqueeze(2) * x.unsqueeze(0) * scale.view(-1, 1, 1)  # [K, B, D]
+        # resp_bk / N_k is in [0, 1] (N_k sums resp_bk): dividing first stays finite when a very confident model gives
+        # N_k of ~1e-40, where (1 - alpha) / N_k would overflow to inf (0 for the unseen components: resp = 0).
+        frac = (1 - alpha) * resp / nk
+        weighted = frac.t().unsqueeze(2) * x.unsqueeze(0)  # [K, B, D]
         self.covariances.baddbmm_(weighted.transpose(1, 2), x.unsqueeze(0).expand(self.num_classes, -1, -1))
         self._factor()
 
@@ -293,21 +295,22 @@ class AdaPGC(TTAMethod):
         self.ema_updates += 1
         n = self.ema_updates
         decay = min(cfg.ema_decay, (1 + n) / (10 + n)) if cfg.ema_warmup else cfg.ema_decay
-        for name, p in self.named_params:
-            shadow = self.ema_shadow[name]
-            shadow.sub_((1.0 - decay) * (shadow - p))
+        # torch_ema's arithmetic, s <- s - (1 - d) (s - p), as three fused multi-tensor kernels
+        shadows = [self.ema_shadow[name] for name, _ in self.named_params]
+        diffs = torch._foreach_sub(shadows, [p.detach() for _, p in self.named_params])
+        torch._foreach_mul_(diffs, 1.0 - decay)
+        torch._foreach_sub_(shadows, diffs)
 
     @torch.no_grad()
     def ema_logits(self, audio: Tensor, video: Tensor) -> Tensor:
         """Multimodal logits with the EMA shadows swapped in for the trained tensors (then swapped back)."""
-        saved = [p.detach().clone() for _, p in self.named_params]
-        for name, p in self.named_params:
-            p.copy_(self.ema_shadow[name])
+        params = [p for _, p in self.named_params]
+        saved = [p.detach().clone() for p in params]
+        torch._foreach_copy_(params, [self.ema_shadow[name] for name, _ in self.named_params])
         try:
             return self.forward_logits(audio, video)
         finally:
-            for (_, p), value in zip(self.named_params, saved, strict=True):
-                p.copy_(value)
+            torch._foreach_copy_(params, saved)
 
     def _step(self, optimizer: torch.optim.Optimizer, named: list[tuple[str, nn.Parameter]], grads: tuple) -> None:
         for (_, p), g in zip(named, grads, strict=True):
