@@ -1,6 +1,7 @@
-"""AdaPGC: adaptive progressive Gaussian calibration for multimodal test-time adaptation.
+"""AdaPGC: adaptive probabilistic Gaussian calibration for multi-modal test-time adaptation.
 
-Paper: AdaPGC, CVPR 2026 (authors' release XuJinglinn/AdaPGC). Upstream: XuJinglinn/AdaPGC at commit 731510d
+Paper: C. Sun, F. Xu, J. Li, J. Xu, X. Xu, Y. Li, "Multi-modal Test-time Adaptation via Adaptive Probabilistic
+Gaussian Calibration", CVPR 2026 (arXiv 2604.19093). Upstream: XuJinglinn/AdaPGC at commit 731510d
 (``TTA/ADAPGC.py``, ``models/cav_mae.py``, ``run_adapgc.py``, ``script/run_adapgc.sh``) and ``torch_ema`` 0.3; spec
 ``spec/method-adapgc.md``.
 

@@ -1,7 +1,8 @@
 """PTA: Partition-Then-Adapt, bias-aware test-time adaptation of the fusion attention.
 
 Paper: "Partition-Then-Adapt: Combating Prediction Bias for Reliable Multi-Modal Test-Time Adaptation", NeurIPS 2025
-(OpenReview T6RkYsuoMW). Upstream: MPI-Lab/PTA at commit ec2ab1dc9656c9c30eb32bf204da78258664d1fd (``TTA/pta.py``,
+(spotlight; OpenReview T6RkYsuoMW; the author list is in neither the release nor the abstract available to us: see
+the OpenReview page). Upstream: MPI-Lab/PTA at commit ec2ab1dc9656c9c30eb32bf204da78258664d1fd (``TTA/pta.py``,
 ``models/cav_mae.py``, ``run.py``); spec ``spec/method-pta.md``.
 
 Per batch (spec section 3): multimodal forward keeping the fusion block's attention ``A [B, H, N, N]`` with gradient;
