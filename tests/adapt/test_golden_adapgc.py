@@ -285,3 +285,32 @@ def test_config_is_validated() -> None:
             AdaPGCConfig(**bad)
     assert AdaPGC.presets["vggsound"] == {"w_c": 1.0, "gamma": 0.1}
     assert AdaPGCConfig(**AdaPGC.presets["vggsound"]).gamma == 0.1
+
+
+def test_grad_scaler_and_bf16_paths(gold: dict) -> None:
+    # the fp16 path (CUDA only) scales both losses, steps both optimisers through the scaler and updates it once:
+    # exercise that code on the CPU with fp32 gradients, where it must give the unscaled run's numbers
+    scaled, plain = _make(gold), _make(gold)
+    scaled.scaler = torch.amp.GradScaler("cpu")
+    first, second = scaled.step(*gold["test1"]), plain.step(*gold["test1"])
+    assert scaled.scaler.get_scale() == 2.0**16  # no inf/NaN step was skipped
+    # 2^16 is a power of two: scaling and unscaling are exact, so only Adam's own rounding could differ (none)
+    assert torch.allclose(first, second, rtol=0, atol=1e-6)
+    for (name, p), (_, q) in zip(scaled.named_params, plain.named_params, strict=True):
+        assert torch.allclose(p, q, rtol=0, atol=1e-9), name
+    bf16 = _make(gold, precision="bf16")
+    logits = bf16.step(*gold["test1"])
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    # bf16 keeps 8 bits of mantissa: the scored logits (Gaussian term ~ -30 included) agree to a few percent
+    assert float((logits - second).abs().max()) < 0.05 * float(second.abs().max())
+
+
+def test_full_width_selection() -> None:
+    model = create_model("cav_mae_ft_base", num_classes=50)
+    method = AdaPGC(model)
+    assert len(method.named_params) == 286
+    assert sum(p.numel() for p in method.params) == 1_771_776 + 218_112
+    assert sum(p.numel() for g in method.optimizer.param_groups for p in g["params"]) == 1_771_776
+    assert (
+        sum(g.nbytes() for g in method.gaussians.values()) == 3 * (2 * 50 * 768 * 768 + 2 * 50 * 768 + 3 * 50 + 1) * 4
+    )

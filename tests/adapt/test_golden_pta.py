@@ -223,3 +223,22 @@ def test_state_on_model_device() -> None:
     for state in method.optimizer.state.values():
         for t in state.values():
             assert t.device == method.device
+
+
+def test_grad_scaler_and_bf16_paths(gold: dict) -> None:
+    # fp16 (CUDA only) goes through the base's GradScaler update: exercised on the CPU, it must equal the plain run
+    scaled, plain = PTA(_model(gold)), PTA(_model(gold))
+    scaled.scaler = torch.amp.GradScaler("cpu")
+    first, second = scaled.step(*gold["test1"]), plain.step(*gold["test1"])
+    assert scaled.scaler.get_scale() == 2.0**16
+    assert torch.allclose(first, second, rtol=0, atol=1e-6)
+    assert all(torch.allclose(p, q, rtol=0, atol=1e-9) for p, q in zip(scaled.params, plain.params, strict=True))
+    logits = PTA(_model(gold), PTAConfig(precision="bf16")).step(*gold["test1"])
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert float((logits - second).abs().max()) < 0.05 * float(second.abs().max())  # bf16 of the same forward
+
+
+def test_full_width_selection() -> None:
+    method = PTA(create_model("cav_mae_ft_base", num_classes=50))
+    assert [n for n, _ in method.named_params] == ["blocks_u.0.attn.qkv.weight", "blocks_u.0.attn.qkv.bias"]
+    assert sum(p.numel() for p in method.params) == 1_771_776
