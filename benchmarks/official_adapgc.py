@@ -1,4 +1,4 @@
-"""Time AdaPGC per online step, ours (``avtta.adapt.adapgc``) against the official code, and report their agreement.
+"""Time AdaPGC per online step, ours (``avtta.adapt.methods.adapgc``) against the official code, with their agreement.
 
 Official side: a checkout of XuJinglinn/AdaPGC outside this repository (e.g. ``git --git-dir=/work/.mirror/
 XuJinglinn+AdaPGC/repo archive HEAD TTA models utilities | tar -x -C /tmp/official/AdaPGC``) and ``torch_ema`` 0.3
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from avtta.adapt.adapgc import AdaPGC, AdaPGCConfig
+from avtta.adapt.methods.adapgc import AdaPGC, AdaPGCConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_methods import make_inputs, make_model  # noqa: E402

@@ -1,4 +1,4 @@
-"""Time PTA per online step, ours (``avtta.adapt.pta``) against the official code, and report how closely they agree.
+"""Time PTA per online step, ours (``avtta.adapt.methods.pta``) against the official code, with their agreement.
 
 Official side: a checkout of MPI-Lab/PTA outside this repository (e.g. ``git --git-dir=/work/.mirror/MPI-Lab+PTA/repo
 archive HEAD TTA models utilities | tar -x -C /tmp/official/PTA``). The release cannot run as uploaded
@@ -35,7 +35,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from avtta.adapt.pta import PTA, PTAConfig
+from avtta.adapt.methods.pta import PTA, PTAConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_methods import make_inputs, make_model  # noqa: E402

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from avtta.adapt.adapgc import AdaPGC, AdaPGCConfig, GaussianClassModel, symmetric_kl
+from avtta.adapt.methods.adapgc import AdaPGC, AdaPGCConfig, GaussianClassModel, symmetric_kl
 from avtta.models import create_model
 
 TOL = 1e-4  # golden/more/adapgc.md: logits, features, Gaussian states, losses, D to 1e-4 relative to their scale

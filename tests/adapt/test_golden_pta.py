@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from avtta.adapt.pta import PTA, PTAConfig, bias_partition, mmd_rbf, quantile_rank
+from avtta.adapt.methods.pta import PTA, PTAConfig, bias_partition, mmd_rbf, quantile_rank
 from avtta.models import create_model
 
 TOL = 1e-4  # golden/README.md: fp32 on CPU with other kernels agrees to ~1e-5 relative; test at 1e-4

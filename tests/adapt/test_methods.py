@@ -58,7 +58,25 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return _batch(0)
 
 
+def _spread_head(model: torch.nn.Module) -> None:
+    """Make the random model's predictions differ between clips (PTA partitions a batch by predicted class).
+
+    A random CAV-MAE's pooled features share one large component (the positional embeddings), so every clip gets the
+    same argmax: project the classifier rows off the mean feature of the sweep batch.
+    """
+    with torch.no_grad():
+        feats = model(*_batch(0), mode="features")
+        mean = feats.mean(0)
+        weight = model.get_classifier().weight
+        weight -= torch.outer(weight @ mean, mean) / mean.dot(mean)
+        weight *= 3.0 / float((feats @ weight.t()).std())  # logits of standard deviation 3: confident, not saturated
+
+
+PREPARE = {"pta": _spread_head}
+
+
 def _make(name: str, model: torch.nn.Module, **config) -> adapt.TTAMethod:
+    PREPARE.get(name, lambda m: None)(model)
     source = [_batch(7)] if adapt.get_method_class(name).source_data is not None else None
     return adapt.create_method(name, model, source=source, **config)
 
