@@ -122,7 +122,8 @@ class RayCluster:
 @pytest.fixture(scope="session")
 def ray_cluster():
     """Address of a real 2-node Ray cluster on 127.0.0.1 (`ray start --head`, then `ray start --address`)."""
-    cluster = RayCluster(port=6390)
+    # AVTTA_TEST_RAY_PORT: lets two suite runs on one machine (e.g. under two CPU settings) use separate clusters
+    cluster = RayCluster(port=int(os.environ.get("AVTTA_TEST_RAY_PORT", "6390")))
     try:
         yield cluster.start()
     finally:
