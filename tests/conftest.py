@@ -17,9 +17,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AVTTA_SHARED", ROOT.parent / "shared"))
 
-# One intra-op thread: the models in tests are small, where threading costs more than it gains (up to 8x slower
-# on a loaded 2-core machine), and results do not depend on the thread count.
-torch.set_num_threads(1)
+# One intra-op thread by default: the models in tests are small, where threading costs more than it gains (up to 8x
+# slower on a loaded 2-core machine). AVTTA_TEST_THREADS=N runs the suite with N threads instead, to check that every
+# tolerance also holds with the other reduction orders that threading brings.
+TEST_THREADS = int(os.environ.get("AVTTA_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +122,8 @@ class RayCluster:
 @pytest.fixture(scope="session")
 def ray_cluster():
     """Address of a real 2-node Ray cluster on 127.0.0.1 (`ray start --head`, then `ray start --address`)."""
-    cluster = RayCluster(port=6390)
+    # AVTTA_TEST_RAY_PORT: lets two suite runs on one machine (e.g. under two CPU settings) use separate clusters
+    cluster = RayCluster(port=int(os.environ.get("AVTTA_TEST_RAY_PORT", "6390")))
     try:
         yield cluster.start()
     finally:

@@ -16,12 +16,14 @@ from typing import Any
 from torch import nn
 
 from .abpem import ABPEM, ABPEMConfig
+from .adapgc import AdaPGC, AdaPGCConfig
 from .audio_assist import AudioAssist, AudioAssistConfig
 from .base import PRECISIONS, MethodConfig, RunContext, SourceData, TTAMethod, derive_seed, take_clips
 from .brimpr import BriMPR, BriMPRConfig, SourceStats, compute_source_stats, load_reference_source_stats
 from .dasp import DASP, DASPConfig
 from .deyo import DeYO, DeYOConfig
 from .eata import EATA, EATAConfig, FisherTable, compute_fisher
+from .pta import PTA, PTAConfig
 from .read import READ, READConfig
 from .sar import SAR, SARConfig
 from .source import Source, SourceConfig
@@ -33,6 +35,8 @@ from .tsa import TSA, TSAConfig
 __all__ = [
     "ABPEM",
     "ABPEMConfig",
+    "AdaPGC",
+    "AdaPGCConfig",
     "AudioAssist",
     "AudioAssistConfig",
     "DASP",
@@ -50,6 +54,8 @@ __all__ = [
     "EATAConfig",
     "FisherTable",
     "MethodConfig",
+    "PTA",
+    "PTAConfig",
     "READConfig",
     "SARConfig",
     "Source",
@@ -77,7 +83,8 @@ __all__ = [
 
 # the order of the paper tables: the BriMPR repository's eight, then the newer methods
 _METHODS: dict[str, type[TTAMethod]] = {
-    cls.name: cls for cls in (Source, T3A, Tent, EATA, SAR, DeYO, READ, BriMPR, ABPEM, SuMi, TSA, DASP, AudioAssist)
+    cls.name: cls
+    for cls in (Source, T3A, Tent, EATA, SAR, DeYO, READ, BriMPR, ABPEM, SuMi, PTA, TSA, AdaPGC, DASP, AudioAssist)
 }
 _ALIASES = {"none": "source"}  # the references' ``--tta_method None``
 

@@ -57,6 +57,13 @@ UNPAIRED = {
 }
 
 
+# PSNR agreement (dB) between our corruptions and the reference's, each drawing its own randomness (different streams):
+# the gap is sampling noise of the mean PSNR over the frames plus uint8 rounding of float kernels. Measured on the
+# fixture clip: <= 0.05 dB for every corruption and severity; one severity step is 0.2 - 7.7 dB (most >= 1 dB), a
+# wrong kernel or table misses by more. Not a float tolerance: 10x the measured gap.
+PSNR_GAP_DB = 0.5
+
+
 def unpaired_diffs(name: str, ic, clip_frames: np.ndarray) -> list[float]:
     """Mean PSNR ours - imagecorruptions at severities 1..5, independent draws."""
     n_frames, draws = UNPAIRED[name]
@@ -104,7 +111,7 @@ def paired_diffs(name: str, ic, clip_frames: np.ndarray) -> list[float]:
 @pytest.mark.parametrize("name", list(UNPAIRED))
 def test_matches_imagecorruptions(name: str, imagecorruptions, clip_frames: np.ndarray) -> None:
     diffs = unpaired_diffs(name, imagecorruptions, clip_frames)
-    assert max(abs(d) for d in diffs) < 0.5, f"{name}: PSNR ours - imagecorruptions by severity {diffs}"
+    assert max(abs(d) for d in diffs) < PSNR_GAP_DB, f"{name}: PSNR ours - imagecorruptions by severity {diffs}"
 
 
 @pytest.mark.parametrize("name", ["motion_blur", "frost"])
@@ -226,7 +233,7 @@ def glass_diffs(clip_frames: np.ndarray) -> list[float]:
 
 def test_glass_blur_psnr_vs_reference(clip_frames: np.ndarray) -> None:
     diffs = glass_diffs(clip_frames)
-    assert max(abs(d) for d in diffs) < 0.5, diffs
+    assert max(abs(d) for d in diffs) < PSNR_GAP_DB, diffs
 
 
 def test_fog_vs_reference(clip_frames: np.ndarray) -> None:
@@ -238,9 +245,10 @@ def test_fog_vs_reference(clip_frames: np.ndarray) -> None:
             reference_fog(f, s, np.random.default_rng(p["noise_seed"]))
             for f, p in zip(frames, params["video"]["frames"], strict=True)
         ]
-        # the same generator state -> the same fractal (the library's vectorised diamond-square is exact)
+        # the same generator state -> the same fractal (the library's vectorised diamond-square is exact); the float
+        # blend rounds to uint8 in another order, so a pixel on a .5 boundary may land one level off: <= 0.1 %
         assert np.mean(np.stack(ref) == ours) > 0.999, f"severity {s}"
-        assert abs(_mean_psnr(frames, ours) - _mean_psnr(frames, ref)) < 0.5
+        assert abs(_mean_psnr(frames, ours) - _mean_psnr(frames, ref)) < PSNR_GAP_DB
 
 
 def test_elastic_vs_reference(clip_frames: np.ndarray) -> None:
@@ -252,7 +260,9 @@ def test_elastic_vs_reference(clip_frames: np.ndarray) -> None:
             reference_elastic(f, s, np.array(p["point_offsets"]), np.random.default_rng(p["noise_seed"]))
             for f, p in zip(frames, params["video"]["frames"], strict=True)
         ]
-        assert abs(_mean_psnr(frames, ours) - _mean_psnr(frames, ref)) < 0.5, f"severity {s}"
+        assert abs(_mean_psnr(frames, ours) - _mean_psnr(frames, ref)) < PSNR_GAP_DB, f"severity {s}"
+        # same offsets and noise; the warp's float interpolation is evaluated otherwise (map_coordinates vs ours),
+        # so pixels may round one level apart, and a few at the border more: > 99 % within one level
         assert np.mean(np.abs(np.stack(ref).astype(int) - ours) <= 1) > 0.99, f"severity {s}"
 
 
@@ -263,7 +273,7 @@ def test_imagecorruptions_elastic_is_a_different_algorithm(imagecorruptions, cli
     np.random.seed(0)
     theirs = _mean_psnr(frames, [imagecorruptions.corrupt(f, 1, "elastic_transform") for f in frames])
     ours = _mean_psnr(frames, _ours("elastic_transform", 1, frames, seed=0))
-    assert theirs - ours > 3.0
+    assert theirs - ours > 3.0  # not a tolerance: a milder warp by far more than a severity step (>= 3 dB)
 
 
 def test_frost_pictures_come_from_the_package(imagecorruptions) -> None:

@@ -103,6 +103,7 @@ def test_import_sample_real_clip_equals_reference(real_tree, reference_fbank):
     for k in range(10):  # the original JPEG bytes, untouched
         assert sample.frames[k] == (clip / "eval_frames" / f"frame_{k}" / f"{CLIP_ID}.jpg").read_bytes()
     assert sample.label == 0 and sample.metadata["labels"] == [0, 1, 2, 3]
+    # 160,128 samples / 16 kHz = 10.008 s exactly; approx's default rel 1e-6 absorbs the float64 division only
     assert sample.metadata["sample_rate"] == 16000 and sample.metadata["duration"] == pytest.approx(10.008)
     assert out.record.label == 0 and out.record.row("shard-000000.tar")["corruption"] == "clean"
 
@@ -134,7 +135,8 @@ def test_run_import_real_clip_reads_back_as_reference(real_tree, tmp_path, refer
     np.testing.assert_array_equal(fbank, ref.astype(np.float16))
     expected_audio = (torch.from_numpy(ref.astype(np.float16).astype(np.float32)) - FBANK_MEAN) / FBANK_STD
     torch.testing.assert_close(batch["audio"][0], expected_audio, rtol=0, atol=0)
-    # eval frame = frame_5, through the reference transform
+    # eval frame = frame_5, through the reference transform; atol: |value| <= 2.64 (ulp 2.4e-7), the two float32
+    # /255, -mean, /std chains round in another order: 1e-6 is ~4 ulps of the largest value
     torch.testing.assert_close(
         batch["video"][0], reference_image(clip / "eval_frames" / "frame_5" / f"{CLIP_ID}.jpg"), rtol=0, atol=1e-6
     )

@@ -121,6 +121,7 @@ def test_reader_transforms_and_deterministic_shuffle(tmp_path):
     s = collate([next(ShardStream(paths[:1], ReaderConfig(shuffle=False)).iter_samples())])
     orig = make_sample("c0_0", 0)
     expect = (torch.from_numpy(orig.fbank.astype(np.float32)) - FBANK_MEAN) / FBANK_STD
+    # the reader's (x - mean) / std in float32 against the same expression here: float32 defaults (11 ulps) suffice
     torch.testing.assert_close(s["audio"][0], expect)
     # frame 5 does not exist with 3 frames -> eval picks the middle one
     torch.testing.assert_close(s["video"][0], image_transform(orig.frames[1], 224))
@@ -142,6 +143,8 @@ def test_image_transform_matches_torchvision():
         ]
     )(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     ours = image_transform(buf.getvalue(), 224)
+    # |normalised| <= (1 - 0.406) / 0.225 = 2.64, where a float32 ulp is 2.4e-7; torchvision and we round the
+    # /255, -mean, /std chain in another order (<= 2 ulps apart): 1e-6 is ~4 ulps of the largest value
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
 
 
@@ -151,7 +154,7 @@ def test_join_two_sets_by_key_skips_unpaired(tmp_path):
     out = list(ShardStream(video, ReaderConfig(shuffle=False), audio_paths=audio).iter_samples())
     assert [s["key"] for s in out] == ["k0", "k2", "k3"]  # k1 failed in the audio set: no pair
     expect = torch.from_numpy(make_sample("k2", 12).fbank)
-    torch.testing.assert_close(out[1]["audio"], expect)  # fbank from the audio set
+    torch.testing.assert_close(out[1]["audio"], expect)  # fbank from the audio set (float32 defaults, as above)
     torch.testing.assert_close(out[1]["video"].float(), image_transform_raw(make_sample("k2", 2).frames[1]))
 
 
