@@ -14,8 +14,8 @@ Official side (``--official REPO=DIR``, once per repository, each a checkout out
 docstring); initial values that the official constructor draws (BriMPR's prompts, DASP's adapters) are copied
 into ours. Parity columns: max |ours - official| of the scored logits over all steps relative to max |official|,
 and of the trained parameters after the last step relative to their scale, with the number of values off by more
-than 1e-4 of that scale. ``fwd/step``: passes through the video encoder / the classifier per step, counted by hooks
-on the models each side runs.
+than 1e-4 of that scale. ``fwd/step``: runs of the video stack / of the classifier per step, counted by hooks on
+the models each side runs (``ForwardCounter``).
 
 Examples::
 
@@ -51,7 +51,7 @@ from avtta import adapt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_brimpr import METHODS as OFFICIAL_BRIMPR  # noqa: E402
-from official_common import compare  # noqa: E402
+from official_common import compare, in_step  # noqa: E402
 
 
 def make_inputs(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +103,7 @@ BENCHES = {
     **{name: Bench("brimpr", "official_brimpr", official={"method": name}) for name in OFFICIAL_BRIMPR},
     "abpem": Bench("abpem", "official_abpem", head_scale=5.0),
     "sumi": Bench("sumi", "official_sumi", head_scale=5.0, ours={"iters": SUMI_ITERS}, official={"iters": SUMI_ITERS}),
-    "pta": Bench("pta", "official_pta", skip_key_bias=True, spread=True),
+    "pta": Bench("pta", "official_pta", official={"loss": "paper"}, skip_key_bias=True, spread=True),
     "adapgc": Bench("adapgc", "official_adapgc", head_scale=5.0, skip_key_bias=True),
     "tsa": Bench("dasp", "official_tsa"),
     "dasp": Bench("dasp", "official_dasp"),
@@ -112,28 +112,38 @@ BENCHES = {
 
 
 class ForwardCounter:
-    """Counts passes through the video patch embedding (modality encoders) and the classifier of CAV-MAE models.
+    """Counts runs of the video stack (its first block) and of the classifier (``mlp_head``) of CAV-MAE models.
+
+    A run of the video stack stands for one pass through the modality encoders (a masked copy counts as a pass); a
+    classifier run for one pass through the fusion block and head (features used without the head, as T3A's or
+    BriMPR's unimodal representations, are not counted). Only calls inside the timed steps count.
 
     Hooks are put on the model instances the two sides run (copies made later, such as an EMA model, inherit them),
     so the count is what the code does, not what it is said to do. An official model is hooked when it is wrapped in
     ``nn.DataParallel`` (every runner wraps it, as the official code expects).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, active: Callable[[], bool]) -> None:
+        self.active = active
         self.encoder = 0
         self.head = 0
 
     def _count(self, kind: str) -> Callable:
         def hook(module: torch.nn.Module, inputs: tuple, output: object) -> None:
-            setattr(self, kind, getattr(self, kind) + 1)
+            if self.active():
+                setattr(self, kind, getattr(self, kind) + 1)
 
         return hook
 
     def attach(self, model: torch.nn.Module) -> torch.nn.Module:
-        if not getattr(model, "_bench_counted", False):
-            model.patch_embed_v.register_forward_hook(self._count("encoder"))
-            model.mlp_head.register_forward_hook(self._count("head"))
-            model._bench_counted = True
+        """Hook the CAV-MAE inside ``model`` (itself, or the model a wrapper such as BriMPR's ``PromptVA`` holds)."""
+        for module in model.modules():
+            if hasattr(module, "blocks_v") and hasattr(module, "mlp_head"):
+                if not getattr(module, "_bench_counted", False):
+                    module.blocks_v[0].register_forward_hook(self._count("encoder"))
+                    module.mlp_head.register_forward_hook(self._count("head"))
+                    module._bench_counted = True
+                break
         return model
 
     @contextlib.contextmanager
@@ -160,7 +170,8 @@ def run_ours(
     name: str, model: torch.nn.Module, batches: list, source: tuple, config: dict, initial: dict | None = None
 ) -> dict:
     """Our ``name`` on ``batches`` (``initial``: values for trained tensors that the official constructor drew)."""
-    counter = ForwardCounter()
+    stepping = [False]
+    counter = ForwardCounter(lambda: stepping[0])
     counter.attach(model)
     if adapt.get_method_class(name).source_data:
         config = {adapt.get_method_class(name).source_data.size_field: source[0].shape[0], **config}
@@ -173,13 +184,14 @@ def run_ours(
                 if param_name in initial:
                     p.copy_(initial[param_name])
     start = method.trainable_state()
-    counter.encoder = counter.head = 0  # the source statistics above are computed once, not per step
     times, logits = [], []
     for step, (audio, video) in enumerate(batches):
         method.reseed(100 + step)
+        stepping[0] = True  # the source statistics computed above are not counted
         t0 = time.perf_counter()
         logits.append(method.step(audio, video))
         times.append(time.perf_counter() - t0)
+        stepping[0] = False
     params = method.trainable_state()
     moved = max((float((params[n] - start[n]).abs().max()) for n in params), default=0.0)
     return {
@@ -196,7 +208,7 @@ def run_official(
 ) -> dict:
     """The official ``name`` through its runner, with the forwards counted."""
     runner = importlib.import_module(bench.runner)
-    counter = ForwardCounter()
+    counter = ForwardCounter(in_step)
     with counter.official():
         ref = runner.run_official(official_dir, model, batches, **bench.official, **extra)
     ref["forwards"] = counter.per_step(len(batches))
@@ -244,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     batches = [make_inputs(args.batch, seed) for seed in range(1, args.steps + 1)]
     source = make_inputs(args.batch, 0)
     results = {
-        "config": {k: [str(v) for v in v] if k == "official" else v for k, v in vars(args).items()},
+        "config": vars(args),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "cpu_count": os.cpu_count()},
         "methods": {},
     }
@@ -284,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         results["methods"][name] = row
         print(line, flush=True)
         if args.json:  # after every method: a long width-768 run keeps what it measured
-            args.json.write_text(json.dumps(results, indent=2))
+            args.json.write_text(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":

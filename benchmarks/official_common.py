@@ -19,7 +19,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["compare", "load_weights", "official_imports", "timed_steps"]
+__all__ = ["compare", "in_step", "load_weights", "official_imports", "timed_steps"]
+
+_STEPPING = [False]  # inside a timed step of ``timed_steps`` (forwards of a method's setup are not counted)
+
+
+def in_step() -> bool:
+    """Whether a step timed by :func:`timed_steps` is running (for the forward counts of ``bench_methods.py``)."""
+    return _STEPPING[0]
 
 
 @contextlib.contextmanager
@@ -75,10 +82,14 @@ def timed_steps(call: Callable[[tuple], torch.Tensor], batches: list) -> tuple[l
     times, logits = [], []
     for step, batch in enumerate(batches):
         torch.manual_seed(100 + step)
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = call(batch)
-        times.append(time.perf_counter() - start)
+        _STEPPING[0] = True
+        try:
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = call(batch)
+            times.append(time.perf_counter() - start)
+        finally:
+            _STEPPING[0] = False
         logits.append(out.detach().float())
     return times, logits
 
