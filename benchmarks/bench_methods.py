@@ -123,15 +123,15 @@ class ForwardCounter:
     ``nn.DataParallel`` (every runner wraps it, as the official code expects).
     """
 
-    def __init__(self, active: Callable[[], bool]) -> None:
-        self.active = active
-        self.encoder = 0
-        self.head = 0
+    def __init__(self, step: Callable[[], int | None]) -> None:
+        self.step = step
+        self.counts: dict[str, dict[int, int]] = {"encoder": {}, "head": {}}
 
     def _count(self, kind: str) -> Callable:
         def hook(module: torch.nn.Module, inputs: tuple, output: object) -> None:
-            if self.active():
-                setattr(self, kind, getattr(self, kind) + 1)
+            step = self.step()
+            if step is not None:
+                self.counts[kind][step] = self.counts[kind].get(step, 0) + 1
 
         return hook
 
@@ -162,15 +162,24 @@ class ForwardCounter:
         finally:
             torch.nn.DataParallel = plain
 
-    def per_step(self, steps: int) -> str:
-        return f"{self.encoder / steps:g}/{self.head / steps:g}"
+    def per_step(self, steps: int) -> dict[str, list[int]]:
+        """Runs of the video stack and of the classifier in each step."""
+        return {kind: [counts.get(step, 0) for step in range(steps)] for kind, counts in self.counts.items()}
+
+
+def forwards_text(forwards: dict[str, list[int]]) -> str:
+    """``encoder/classifier`` runs per step: one figure when every step did the same, else the mean (``~``)."""
+    parts = []
+    for runs in forwards.values():
+        parts.append(f"{runs[0]}" if len(set(runs)) == 1 else f"~{sum(runs) / len(runs):.1f}")
+    return "/".join(parts)
 
 
 def run_ours(
     name: str, model: torch.nn.Module, batches: list, source: tuple, config: dict, initial: dict | None = None
 ) -> dict:
     """Our ``name`` on ``batches`` (``initial``: values for trained tensors that the official constructor drew)."""
-    stepping = [False]
+    stepping: list[int | None] = [None]
     counter = ForwardCounter(lambda: stepping[0])
     counter.attach(model)
     if adapt.get_method_class(name).source_data:
@@ -187,11 +196,11 @@ def run_ours(
     times, logits = [], []
     for step, (audio, video) in enumerate(batches):
         method.reseed(100 + step)
-        stepping[0] = True  # the source statistics computed above are not counted
+        stepping[0] = step  # the source statistics computed above are not counted
         t0 = time.perf_counter()
         logits.append(method.step(audio, video))
         times.append(time.perf_counter() - t0)
-        stepping[0] = False
+        stepping[0] = None
     params = method.trainable_state()
     moved = max((float((params[n] - start[n]).abs().max()) for n in params), default=0.0)
     return {
@@ -285,12 +294,13 @@ def main(argv: list[str] | None = None) -> None:
             ref = run_official(name, bench, checkouts[bench.repo], copy.deepcopy(base), batches, extra)
         ours = run_ours(name, copy.deepcopy(base), batches, source, ours_config, ref.get("initial") if ref else None)
         row: dict = {"ours_s": ours["times"], "ours_forwards": ours["forwards"], "max_update": ours["moved"]}
-        line = f"{name:12s} {_median(ours['times']):11.3f} {ours['forwards']:>8s} {ours['moved']:10.2e}"
+        line = f"{name:12s} {_median(ours['times']):11.3f} {forwards_text(ours['forwards']):>8s} {ours['moved']:10.2e}"
         if ref is not None:
             row.update(official_s=ref["times"], official_forwards=ref["forwards"])
             row.update(compare(ours, ref, skip_key_bias=bench.skip_key_bias))
             speed = _median(ref["times"]) / _median(ours["times"])
-            line += f" {_median(ref['times']):15.3f} {ref['forwards']:>8s} {speed:7.2f}x {row['logits_rel']:10.2e}"
+            line += f" {_median(ref['times']):15.3f} {forwards_text(ref['forwards']):>8s} {speed:7.2f}x"
+            line += f" {row['logits_rel']:10.2e}"
             if "params_rel" in row:
                 line += f" {row['params_rel']:10.2e} {row['params_off']:>8d}/{row['params_total']:<8d}"
         results["methods"][name] = row

@@ -8,7 +8,8 @@ forward), wrapped in ``nn.DataParallel`` (a plain call on a CPU-only machine), `
 them up; the scored logits are ``outputs[1]``. The classifier is x5 (with x30 the official balance loss is NaN,
 spec method-abpem.md item 3).
 
-Driven by ``bench_methods.py --official abpem=DIR``. Earlier measurements: docs/faithfulness-abpem.md, "Speed".
+Driven by ``bench_methods.py --official abpem=DIR``, or ``official_abpem.py DIR [bench_methods.py's options]`` for
+ABPEM alone. Earlier measurements: docs/faithfulness-abpem.md, "Speed".
 """
 
 from __future__ import annotations
@@ -59,3 +60,9 @@ def run_official(
     attn = net.module.blocks_u[0].attn
     trained = {"weight": attn.qkv.weight.detach().clone(), "bias": attn.qkv.bias.detach().clone()}
     return {"times": times, "logits": logits, "params": {f"blocks_u.0.attn.qkv.{k}": v for k, v in trained.items()}}
+
+
+if __name__ == "__main__":  # bench_methods.py for this runner's methods (official_common.cli)
+    from official_common import cli
+
+    cli("abpem", ("abpem",))

@@ -9,7 +9,8 @@ q/k/v Linears multiply by a copy of their weights, so the LayerNorm backward aft
 weights as under CUDA autocast; (P4) a stub for the unused ``sklearn`` import. With ``ema_init="loaded"`` (default,
 our default) a no-grad forward links q/k/v to ``qkv`` before the EMA is created (the golden's ``adapgc_emafix``).
 
-Driven by ``bench_methods.py --official adapgc=DIR``. Earlier measurements: docs/faithfulness-adapgc.md, "Speed".
+Driven by ``bench_methods.py --official adapgc=DIR``, or ``official_adapgc.py DIR [bench_methods.py's options]`` for
+AdaPGC alone. Earlier measurements: docs/faithfulness-adapgc.md, "Speed".
 """
 
 from __future__ import annotations
@@ -115,3 +116,9 @@ def run_official(
             trained[f"{name}.weight"] = module.weight.detach().clone()
             trained[f"{name}.bias"] = module.bias.detach().clone()
     return {"times": times, "logits": logits, "params": trained}
+
+
+if __name__ == "__main__":  # bench_methods.py for this runner's methods (official_common.cli)
+    from official_common import cli
+
+    cli("adapgc", ("adapgc",))

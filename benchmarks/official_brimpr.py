@@ -9,7 +9,8 @@ installed a two-pattern stand-in is registered (DeYO uses ``rearrange`` only). I
 directory (the official code writes its Fisher / source-statistics caches to ``./ckpt``). BriMPR's prompts come from
 the official initialisation and are returned as ``"initial"``.
 
-Driven by ``bench_methods.py --official brimpr=DIR``.
+Driven by ``bench_methods.py --official brimpr=DIR``, or ``official_brimpr.py DIR [bench_methods.py's options]`` for
+the eight alone.
 """
 
 from __future__ import annotations
@@ -106,3 +107,9 @@ def run_official(
     else:
         params = {k: v.detach().clone() for k, v in net.named_parameters()}
     return {"times": times, "logits": logits, "params": params, "initial": initial}
+
+
+if __name__ == "__main__":  # bench_methods.py for this runner's methods (official_common.cli)
+    from official_common import cli
+
+    cli("brimpr", METHODS)

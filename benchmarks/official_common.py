@@ -21,11 +21,11 @@ import torch
 
 __all__ = ["compare", "in_step", "load_weights", "official_imports", "timed_steps"]
 
-_STEPPING = [False]  # inside a timed step of ``timed_steps`` (forwards of a method's setup are not counted)
+_STEPPING: list[int | None] = [None]  # the step ``timed_steps`` is timing (a method's setup is not counted)
 
 
-def in_step() -> bool:
-    """Whether a step timed by :func:`timed_steps` is running (for the forward counts of ``bench_methods.py``)."""
+def in_step() -> int | None:
+    """The index of the step :func:`timed_steps` is running, else None (for ``bench_methods.py``'s forward counts)."""
     return _STEPPING[0]
 
 
@@ -82,14 +82,14 @@ def timed_steps(call: Callable[[tuple], torch.Tensor], batches: list) -> tuple[l
     times, logits = [], []
     for step, batch in enumerate(batches):
         torch.manual_seed(100 + step)
-        _STEPPING[0] = True
+        _STEPPING[0] = step
         try:
             start = time.perf_counter()
             with torch.no_grad():
                 out = call(batch)
             times.append(time.perf_counter() - start)
         finally:
-            _STEPPING[0] = False
+            _STEPPING[0] = None
         logits.append(out.detach().float())
     return times, logits
 
@@ -125,3 +125,20 @@ def compare(ours: dict, ref: dict, *, skip_key_bias: bool = False) -> dict:
         out["params_off"] = sum(int((d > 1e-4 * scale).sum()) for d in diffs)
         out["params_total"] = sum(d.numel() for d in diffs)
     return out
+
+
+def cli(repo: str, methods: tuple[str, ...], argv: list[str] | None = None) -> None:
+    """``python benchmarks/official_<name>.py [--official] DIR [options]``: ``bench_methods.py`` for ``methods`` only.
+
+    The runners' own command lines, kept for the commands in docs/faithfulness-*.md: ``DIR`` (positional or after
+    ``--official``) is the checkout of ``repo``; every other option is ``bench_methods.py``'s.
+    """
+    import bench_methods
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--official" in args:
+        index = args.index("--official")
+        args[index : index + 2] = ["--official", f"{repo}={args[index + 1]}"]
+    elif args and not args[0].startswith("-"):
+        args[0:1] = ["--official", f"{repo}={args[0]}"]
+    bench_methods.main(["--methods", *methods, *args])

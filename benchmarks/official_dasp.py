@@ -16,7 +16,8 @@ without yacs (the configuration is a namespace holding the yaml's values). At a 
 of the adapter construction are patched in the loaded text (the files are untouched): width 768 -> the model's,
 rank 32 -> ``rank``, as the golden harness did.
 
-Driven by ``bench_methods.py --official dasp=DIR`` (TSA and DASP). Earlier measurements: docs/faithfulness-dasp.md.
+Driven by ``bench_methods.py --official dasp=DIR`` (TSA and DASP), or ``official_dasp.py DIR [bench_methods.py's
+options]`` for DASP alone. Earlier measurements: docs/faithfulness-dasp.md.
 """
 
 from __future__ import annotations
@@ -109,3 +110,9 @@ def run_official(
     initial = _adapters(wrapper)
     times, logits = official_steps(method, batches)
     return {"times": times, "logits": logits, "params": _adapters(wrapper), "initial": initial}
+
+
+if __name__ == "__main__":  # bench_methods.py for this runner's methods (official_common.cli)
+    from official_common import cli
+
+    cli("dasp", ("dasp",))

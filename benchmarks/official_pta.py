@@ -11,8 +11,9 @@ valid partition returns the pre-update logits instead of raising ``UnboundLocalE
 (``strict=False``: the fusion q/k/v become views of ``qkv`` on the first forward) inside ``nn.DataParallel`` (the
 method calls ``model.module``).
 
-Driven by ``bench_methods.py --official pta=DIR`` (with ``spread_head`` applied to the model first).
-Earlier measurements: docs/faithfulness-pta.md, "Speed".
+Driven by ``bench_methods.py --official pta=DIR`` (with ``spread_head`` applied to the model first), or
+``official_pta.py DIR [bench_methods.py's options]`` for PTA alone. Earlier measurements: docs/faithfulness-pta.md,
+"Speed".
 """
 
 from __future__ import annotations
@@ -126,3 +127,9 @@ def run_official(official_dir: Path, model: torch.nn.Module, batches: list, *, l
         "blocks_u.0.attn.qkv.bias": torch.cat([attn.q.bias, attn.k.bias, attn.v.bias]).detach().clone(),
     }
     return {"times": times, "logits": logits, "params": fused}
+
+
+if __name__ == "__main__":  # bench_methods.py for this runner's methods (official_common.cli)
+    from official_common import cli
+
+    cli("pta", ("pta",))

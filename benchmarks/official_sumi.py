@@ -8,7 +8,8 @@ forward), wrapped in ``nn.DataParallel`` (a plain call on a CPU-only machine), `
 scored logits are ``outputs[1]``. The classifier is x5 (with x30 the unimodal entropies fall below e/10 and every
 clip is rejected).
 
-Driven by ``bench_methods.py --official sumi=DIR``. Earlier measurements: docs/faithfulness-sumi.md, "Speed".
+Driven by ``bench_methods.py --official sumi=DIR``, or ``official_sumi.py DIR [bench_methods.py's options]`` for
+SuMi alone. Earlier measurements: docs/faithfulness-sumi.md, "Speed".
 """
 
 from __future__ import annotations
@@ -56,3 +57,9 @@ def run_official(
         times, logits = timed_steps(lambda batch: method(batch, next(counter), iters)[1], batches)
     trained = {n.removeprefix("module."): p.detach().clone() for n, p in zip(names, params, strict=True)}
     return {"times": times, "logits": logits, "params": trained, "selected": selected}
+
+
+if __name__ == "__main__":  # bench_methods.py for this runner's methods (official_common.cli)
+    from official_common import cli
+
+    cli("sumi", ("sumi",))

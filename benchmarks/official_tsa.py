@@ -7,7 +7,8 @@ only draw), and returns the time of every step, the scored logits and the traine
 loading (no ``methods/__init__``, no yacs, literal widths patched in the loaded text when the width is not 768) is
 ``official_dasp.py``'s.
 
-Driven by ``bench_methods.py --official dasp=DIR``. Earlier measurements: docs/faithfulness-tsa.md, "Speed".
+Driven by ``bench_methods.py --official dasp=DIR``, or ``official_tsa.py DIR [bench_methods.py's options]`` for TSA
+alone. Earlier measurements: docs/faithfulness-tsa.md, "Speed".
 """
 
 from __future__ import annotations
@@ -41,3 +42,9 @@ def run_official(official_dir: Path, model: torch.nn.Module, batches: list, **se
     times, logits = official_steps(method, batches)
     params = {name: getattr(wrapper, name).detach().clone() for name in PARAMS}
     return {"times": times, "logits": logits, "params": params}
+
+
+if __name__ == "__main__":  # bench_methods.py for this runner's methods (official_common.cli)
+    from official_common import cli
+
+    cli("dasp", ("tsa",))

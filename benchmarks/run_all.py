@@ -1,5 +1,5 @@
 """Run every benchmark once with its defaults (``make bench``); the official-code comparison of bench_methods.py needs
-``--official DIR`` and is run by hand (see benchmarks/README.md)."""
+``--official REPO=DIR`` (one per official repository) and is run by hand (see benchmarks/README.md)."""
 
 from __future__ import annotations
 
