@@ -51,7 +51,7 @@ from avtta import adapt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_brimpr import METHODS as OFFICIAL_BRIMPR  # noqa: E402
-from official_common import compare, in_step  # noqa: E402
+from official_common import compare, cpu_times, in_step  # noqa: E402
 
 
 def make_inputs(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,18 +193,20 @@ def run_ours(
                 if param_name in initial:
                     p.copy_(initial[param_name])
     start = method.trainable_state()
-    times, logits = [], []
+    times, cpu, logits = [], [], []
     for step, (audio, video) in enumerate(batches):
         method.reseed(100 + step)
         stepping[0] = step  # the source statistics computed above are not counted
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         logits.append(method.step(audio, video))
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         stepping[0] = None
     params = method.trainable_state()
     moved = max((float((params[n] - start[n]).abs().max()) for n in params), default=0.0)
     return {
         "times": times,
+        "cpu": cpu,
         "logits": logits,
         "params": params,
         "moved": moved,
@@ -221,6 +223,7 @@ def run_official(
     with counter.official():
         ref = runner.run_official(official_dir, model, batches, **bench.official, **extra)
     ref["forwards"] = counter.per_step(len(batches))
+    ref["cpu"] = cpu_times()
     return ref
 
 
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(
         f"{'method':12s} {'ours s/step':>11s} {'fwd/step':>8s} {'max update':>10s} {'official s/step':>15s} "
-        f"{'fwd/step':>8s} {'speed-up':>8s} {'logits rel':>10s} {'params rel':>10s} {'values off':>17s}",
+        f"{'fwd/step':>8s} {'speed-up':>8s} {'cpu':>8s} {'logits rel':>10s} {'params rel':>10s} {'values off':>17s}",
         flush=True,
     )
     for name in args.methods:
@@ -293,13 +296,20 @@ def main(argv: list[str] | None = None) -> None:
         if bench.repo in checkouts:
             ref = run_official(name, bench, checkouts[bench.repo], copy.deepcopy(base), batches, extra)
         ours = run_ours(name, copy.deepcopy(base), batches, source, ours_config, ref.get("initial") if ref else None)
-        row: dict = {"ours_s": ours["times"], "ours_forwards": ours["forwards"], "max_update": ours["moved"]}
+        row: dict = {
+            "ours_s": ours["times"],
+            "ours_cpu_s": ours["cpu"],
+            "ours_forwards": ours["forwards"],
+            "max_update": ours["moved"],
+        }
         line = f"{name:12s} {_median(ours['times']):11.3f} {forwards_text(ours['forwards']):>8s} {ours['moved']:10.2e}"
         if ref is not None:
-            row.update(official_s=ref["times"], official_forwards=ref["forwards"])
+            row.update(official_s=ref["times"], official_cpu_s=ref["cpu"], official_forwards=ref["forwards"])
             row.update(compare(ours, ref, skip_key_bias=bench.skip_key_bias))
             speed = _median(ref["times"]) / _median(ours["times"])
+            row["cpu_speed_up"] = _median(ref["cpu"]) / _median(ours["cpu"])
             line += f" {_median(ref['times']):15.3f} {forwards_text(ref['forwards']):>8s} {speed:7.2f}x"
+            line += f" {row['cpu_speed_up']:7.2f}x"
             line += f" {row['logits_rel']:10.2e}"
             if "params_rel" in row:
                 line += f" {row['params_rel']:10.2e} {row['params_off']:>8d}/{row['params_total']:<8d}"
