@@ -21,12 +21,9 @@ SWEEP = {
     "sar": {"e_margin": 1.0, "reset_constant": 0.0},
     "deyo": {"deyo_margin": 1.0, "plpd_threshold": -2.0},
     "brimpr": {"num_samples_source": B},
-    "dasp": {"delta": 0.0},
-    "sumi": {
-        "smoothing": False,
-        "uent_thresh": 0.0,
-        "ment_thresh": 100.0,
-    },  # always take an updating branch (at B=3 the redundancy test may choose none)
+    "dasp": {"delta": 0.0},  # always take an updating branch (at B=3 the redundancy test may choose none)
+    "sumi": {"smoothing": False, "uent_thresh": 0.0, "ment_thresh": 100.0},
+    "audio_assist": {"threshold": 0.0, "consistency": "off", "loss_tolerance": 0.0},
 }
 # Filters closed: no sample is reliable.
 CLOSED = {
@@ -73,6 +70,9 @@ def _spread_head(model: torch.nn.Module) -> None:
 
 
 PREPARE = {"pta": _spread_head}
+# PTA updates only on a batch whose predictions are imbalanced (a class predicted more often than 1/K of the batch):
+# the sweep batch with its first clip twice, so that two clips share a prediction and the third differs.
+SWEEP_BATCH = {"pta": lambda batch: tuple(x[[0, 0, 1]] for x in batch)}
 
 
 def _make(name: str, model: torch.nn.Module, **config) -> adapt.TTAMethod:
@@ -94,6 +94,7 @@ def _state(method: adapt.TTAMethod) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", METHODS)
 def test_step_changes_only_selected_parameters_and_reset_is_exact(name: str, narrow, batch) -> None:
+    batch = SWEEP_BATCH.get(name, lambda b: b)(batch)
     model = copy.deepcopy(narrow)
     method = _make(name, model, **SWEEP.get(name, {}))
     selected = {n for n, _ in method.named_params}
