@@ -285,7 +285,7 @@ def test_attention_bootstrap_paths_agree() -> None:
     one = gaussian_kl(m["va"], d["va"], m["aa"], d["aa"]) + gaussian_kl(m["av"], d["av"], m["vv"], d["vv"])
     single = attention_bootstrap_loss(q[:1].detach(), k[:1].detach(), 25, via="moments")
     torch.testing.assert_close(single, one, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="adapt/abpem.py"):
+    with pytest.raises(ValueError, match="adapt/methods/abpem.py"):
         attention_bootstrap_loss(q, k, 25, via="heads")
 
 
@@ -294,5 +294,5 @@ def test_attention_bootstrap_paths_agree() -> None:
     [{"cache_size": 0}, {"prime_ent_k": 0}, {"cache_batches": 0}, {"score": "mid"}, {"attn_weight": float("nan")}],
 )
 def test_config_errors_name_the_value(bad: dict) -> None:
-    with pytest.raises(ValueError, match="adapt/abpem.py"):
+    with pytest.raises(ValueError, match="adapt/methods/abpem.py"):
         ABPEMConfig(**bad)

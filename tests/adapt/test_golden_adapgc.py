@@ -1,4 +1,4 @@
-"""AdaPGC (adapt/adapgc.py) against the official golden run (../shared/golden/more/adapgc.npz), and its behaviour.
+"""AdaPGC (adapt/methods/adapgc.py) against the official golden run (../shared/golden/more/adapgc.npz), and its behaviour.
 
 Golden variants (golden/more/adapgc.md): ``adapgc`` (the release: EMA shadows of the fusion q/k/v start random; we
 copy the stored values in), ``adapgc_emafix`` (our default: the EMA starts from the loaded weights) and
@@ -281,7 +281,7 @@ def test_state_on_model_device_in_fp32(gold: dict) -> None:
 
 def test_config_is_validated() -> None:
     for bad in ({"ema_init": "zeros"}, {"tau": 0.0}, {"w_c": -1.0}, {"gmm_alpha": 1.0}, {"gamma": float("inf")}):
-        with pytest.raises(ValueError, match="adapt/adapgc.py"):
+        with pytest.raises(ValueError, match="adapt/methods/adapgc.py"):
             AdaPGCConfig(**bad)
     assert AdaPGC.presets["vggsound"] == {"w_c": 1.0, "gamma": 0.1}
     assert AdaPGCConfig(**AdaPGC.presets["vggsound"]).gamma == 0.1

@@ -226,7 +226,7 @@ def test_dasp_predict_does_not_update(gold: dict, runs: dict) -> None:
 
 def test_dasp_config_validation_and_presets(gold: dict) -> None:
     for bad in ({"delta": -1.0}, {"lambda_ent": float("nan")}, {"rank": 0}, {"std_ratio": 1.0}, {"prob_eps": 0.7}):
-        with pytest.raises(ValueError, match="adapt/dasp.py"):
+        with pytest.raises(ValueError, match="adapt/methods/dasp.py"):
             DASPConfig(**bad)
     with pytest.raises(ValueError, match="exceeds the model width"):
         DASP(_model(gold), DASPConfig(rank=64))

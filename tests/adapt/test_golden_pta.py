@@ -1,4 +1,4 @@
-"""PTA (adapt/pta.py) against the official code's golden run (../shared/golden/more/pta.npz), and its behaviour.
+"""PTA (adapt/methods/pta.py) against the official code's golden run (../shared/golden/more/pta.npz), and its behaviour.
 
 Golden variants: ``pta`` (the release's loss, plus the two fixes it needs to run) and ``pta_paper`` (the paper's
 loss, our default). Two online steps (generator reseeded 100 then 101; PTA draws nothing) on the narrow model.
@@ -208,7 +208,7 @@ def test_score_pre_returns_the_first_forward(gold: dict) -> None:
 
 def test_config_is_validated() -> None:
     for bad in ({"loss": "mine"}, {"score": "late"}, {"ent_weight": -1.0}, {"mmd_weight": float("nan")}):
-        with pytest.raises(ValueError, match="adapt/pta.py"):
+        with pytest.raises(ValueError, match="adapt/methods/pta.py"):
             PTAConfig(**bad)
     assert PTAConfig().loss == "paper"
     assert set(PTA.presets) == {"ks50", "vggsound"}

@@ -302,5 +302,5 @@ def test_bf16_and_scaler_paths(narrow) -> None:
     "bad", [{"iters": 0}, {"iters": 2.5}, {"umu": -1.0}, {"score": "mid"}, {"lamda": float("inf")}]
 )
 def test_config_errors_name_the_value(bad: dict) -> None:
-    with pytest.raises(ValueError, match="adapt/sumi.py"):
+    with pytest.raises(ValueError, match="adapt/methods/sumi.py"):
         SuMiConfig(**bad)

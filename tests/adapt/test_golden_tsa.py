@@ -196,7 +196,7 @@ def test_tsa_config_validation_and_presets() -> None:
     for bad in ({"tau": 0.0}, {"conf_threshold": 1.5}, {"loss_coeff": -1.0}, {"precision": "fp8"}):
         with pytest.raises(ValueError, match="adapt/"):
             TSAConfig(**bad)
-    with pytest.raises(TypeError, match="adapt/tsa.py"):
+    with pytest.raises(TypeError, match="adapt/methods/tsa.py"):
         TSAConfig(mask_per_sample=1)
     fields = set(TSAConfig.__dataclass_fields__)
     assert set(TSA.presets) == {"ks50", "vggsound"}
