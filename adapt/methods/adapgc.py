@@ -76,11 +76,13 @@ class AdaPGCConfig(MethodConfig):
         for name in ("w_c", "w_g", "gamma"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite non-negative number, got {value!r} (adapt/methods/adapgc.py)")
+                raise ValueError(f"{name} must be a finite non-negative number, got {value!r}(adapt/methods/adapgc.py)")
         if not self.tau > 0:
             raise ValueError(f"tau must be positive, got {self.tau!r} (adapt/methods/adapgc.py)")
         if not 0 < self.confidence_gamma < 1:
-            raise ValueError(f"confidence_gamma must be in (0, 1), got {self.confidence_gamma!r} (adapt/methods/adapgc.py)")
+            raise ValueError(
+                f"confidence_gamma must be in (0, 1), got {self.confidence_gamma!r}(adapt/methods/adapgc.py)"
+            )
         for name in ("gmm_alpha", "ema_decay"):
             value = getattr(self, name)
             if not 0 <= value < 1:
@@ -170,7 +172,9 @@ class GaussianClassModel:
                 return
             cov = cov + jitter * eye  # only the factor sees the jitter, as upstream
             jitter *= 10
-        raise RuntimeError("AdaPGC: a class covariance is not positive definite even with jitter (adapt/methods/adapgc.py)")
+        raise RuntimeError(
+            "AdaPGC: a class covariance is not positive definite even with jitter(adapt/methods/adapgc.py)"
+        )
 
     def logits(self, x: Tensor) -> Tensor:
         """Log-joint ``ln pi_k - log_det_k / 2 - M_bk / 2 - (D/2) ln 2 pi`` of ``x [B, D]`` -> ``[B, K]`` (fp32).
@@ -215,7 +219,9 @@ class AdaPGC(TTAMethod):
         cfg = self.config
         m = self.model
         if len(m.blocks_u) != 1:
-            raise ValueError(f"AdaPGC expects one fusion block, the model has {len(m.blocks_u)} (adapt/methods/adapgc.py)")
+            raise ValueError(
+                f"AdaPGC expects one fusion block, the model has {len(m.blocks_u)}(adapt/methods/adapgc.py)"
+            )
         head = m.mlp_head[1]
         self.gaussians = {
             key: GaussianClassModel(head.weight, head.bias, alpha=cfg.gmm_alpha, reg_covar=cfg.reg_covar)

@@ -1,4 +1,4 @@
-"""AdaPGC (adapt/methods/adapgc.py) against the official golden run (../shared/golden/more/adapgc.npz), and its behaviour.
+"""AdaPGC (adapt/methods/adapgc.py) vs the official golden run (../shared/golden/more/adapgc.npz), and its behaviour.
 
 Golden variants (golden/more/adapgc.md): ``adapgc`` (the release: EMA shadows of the fusion q/k/v start random; we
 copy the stored values in), ``adapgc_emafix`` (our default: the EMA starts from the loaded weights) and
