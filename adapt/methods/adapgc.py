@@ -76,12 +76,12 @@ class AdaPGCConfig(MethodConfig):
         for name in ("w_c", "w_g", "gamma"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite non-negative number, got {value!r}(adapt/methods/adapgc.py)")
+                raise ValueError(f"{name} must be finite and >= 0, got {value!r} (adapt/methods/adapgc.py)")
         if not self.tau > 0:
             raise ValueError(f"tau must be positive, got {self.tau!r} (adapt/methods/adapgc.py)")
         if not 0 < self.confidence_gamma < 1:
             raise ValueError(
-                f"confidence_gamma must be in (0, 1), got {self.confidence_gamma!r}(adapt/methods/adapgc.py)"
+                f"confidence_gamma must be in (0, 1), got {self.confidence_gamma!r} (adapt/methods/adapgc.py)"
             )
         for name in ("gmm_alpha", "ema_decay"):
             value = getattr(self, name)
@@ -173,7 +173,7 @@ class GaussianClassModel:
             cov = cov + jitter * eye  # only the factor sees the jitter, as upstream
             jitter *= 10
         raise RuntimeError(
-            "AdaPGC: a class covariance is not positive definite even with jitter(adapt/methods/adapgc.py)"
+            "AdaPGC: a class covariance is not positive definite even with jitter (adapt/methods/adapgc.py)"
         )
 
     def logits(self, x: Tensor) -> Tensor:
@@ -220,7 +220,7 @@ class AdaPGC(TTAMethod):
         m = self.model
         if len(m.blocks_u) != 1:
             raise ValueError(
-                f"AdaPGC expects one fusion block, the model has {len(m.blocks_u)}(adapt/methods/adapgc.py)"
+                f"AdaPGC expects one fusion block, the model has {len(m.blocks_u)} (adapt/methods/adapgc.py)"
             )
         head = m.mlp_head[1]
         self.gaussians = {

@@ -79,7 +79,7 @@ class SuMiConfig(MethodConfig):
         super().__post_init__()
         if not isinstance(self.iters, int) or isinstance(self.iters, bool) or self.iters < 1:
             raise ValueError(
-                f"iters must be a positive int (batches per pass), got {self.iters!r}(adapt/methods/sumi.py)"
+                f"iters must be a positive int (batches per pass), got {self.iters!r} (adapt/methods/sumi.py)"
             )
         for name in ("uent_thresh", "ment_thresh", "e_margin", "lamda"):
             value = getattr(self, name)
