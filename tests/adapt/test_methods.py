@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from avtta.adapt.methods.losses import shuffle_patches
+from avtta.adapt.testing import narrow_model, smooth_batch
 from avtta.models import create_model
 
 from avtta import adapt
@@ -35,19 +36,12 @@ CLOSED = {
 
 
 def _batch(seed: int, n: int = B) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    # smooth fields (coarse noise upsampled), so DeYO's patch shuffling changes the input's content
-    audio = torch.nn.functional.interpolate(torch.randn(n, 1, 16, 8, generator=gen), size=(1024, 128), mode="bilinear")
-    video = torch.nn.functional.interpolate(torch.randn(n, 3, 14, 14, generator=gen), size=(224, 224), mode="bilinear")
-    return audio[:, 0], video
+    return smooth_batch(seed, n)
 
 
 @pytest.fixture(scope="module")
 def narrow() -> torch.nn.Module:
-    model = create_model("cav_mae_ft_base", num_classes=C, embed_dim=32, num_heads=2)
-    with torch.no_grad():
-        model.mlp_head[1].weight.mul_(30)  # confident predictions, as in the golden model
-    return model
+    return narrow_model(head_scale=30)
 
 
 @pytest.fixture(scope="module")
