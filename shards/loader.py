@@ -60,6 +60,14 @@ def decode_rgb(jpeg: bytes | bytearray) -> torch.Tensor:
         return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
 
 
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """RGB uint8 [H, W, 3] -> JPEG bytes (PIL, fixed settings, so deterministic): how frames are stored, and how
+    the on-the-fly reader stores a corrupted frame before decoding it again (the same round trip)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(frame), mode="RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def load_image(jpeg: bytes | bytearray, im_res: int = FRAME_SIZE) -> torch.Tensor:
     """JPEG -> uint8 [3, im_res, im_res]: decode, then Resize(im_res, PIL bicubic) + CenterCrop unless already square
     at that size (the reference's ``transforms.Resize`` on a PIL image)."""
