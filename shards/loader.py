@@ -79,6 +79,40 @@ def load_image(jpeg: bytes | bytearray, im_res: int = FRAME_SIZE) -> torch.Tenso
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# per-sample changes between the stored bytes and the model inputs (corruption while reading)
+
+
+class SampleHook:
+    """What a reader changes in a sample between its stored bytes and the model inputs; none by default.
+
+    The reader owns the CAV-MAE input transforms (frame decode, resize, fbank, normalisation); a hook only says how
+    a stored frame and a stored waveform become the ones those transforms see. The shard readers know nothing of
+    corruptions: ``avtta.manifests.onthefly`` implements a hook that corrupts a clean set while reading and
+    :func:`avtta.manifests.open_dataset` hands it to the reader.
+
+    Attributes:
+        video: :meth:`frame` changes frames (else the stored JPEG is decoded as it is).
+        audio: :meth:`waveform` changes the audio: the fbank is computed from the stored ``wav.flac`` waveform it
+            returns (else the stored fbank is read).
+        fbank_device: where the fbanks of changed audio are computed. None: in the DataLoader workers, one clip at
+            a time on the CPU (:func:`.fbank.compute_fbank`). A device (``"cuda"``): the workers send the changed
+            waveforms and the consuming process computes the batch's fbanks there (:func:`.fbank.kaldi_fbank_batch`).
+    """
+
+    video: bool = False
+    audio: bool = False
+    fbank_device: str | None = None
+
+    def frame(self, key: str, index: int, rgb: np.ndarray) -> bytes:
+        """Stored frame ``index`` of sample ``key``, decoded (uint8 ``[H, W, 3]``) -> the JPEG the reader decodes."""
+        raise NotImplementedError
+
+    def waveform(self, key: str, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The stored waveform of sample ``key`` (float32 ``[S]``) -> the waveform its fbank is computed from."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the audio/video join
 
 
