@@ -9,6 +9,13 @@ indices to its workers, which decode the frames into a shared-memory ring; the c
 and normalises (see :class:`IndexedShards`). Batch memory is recycled (:class:`OutputBuffers`, :class:`FrameRing`):
 fresh memory per batch cost more than the work itself.
 
+A :class:`~.loader.SampleHook` (``hook=``) changes samples between their stored bytes and the input transforms: the
+catalog layer's on-the-fly corruption of a clean set (``avtta.manifests.onthefly``). The workers then also make the
+one corrupted frame the model sees and, when the hook changes the audio, decode the ``wav.flac`` waveform, corrupt
+it and compute its fbank (float16, as stored), the costly parts, which scale with the workers; with
+``hook.fbank_device`` the workers send the corrupted waveforms and the consuming process computes the batch's fbanks
+on that device (CUDA).
+
 Shuffling is a full permutation of the set, seeded by ``(seed, epoch)``; per-sample randomness (the random training
 frame, SpecAugment masks) is seeded by ``(seed, epoch, sample)``. Batches therefore do not depend on the number of
 workers. The samples are exactly those of the streaming reader (:class:`avtta.shards.reader.ShardStream`), with
