@@ -261,7 +261,7 @@ def run_demo(
     Args:
         out: results root (``table.md``, ``heatmap.png``, ``results.parquet``, ``demo.json``; the source model in
             ``source/`` and the per-protocol runs in ``adapt/``). ``quick`` and ``full`` write to sub-folders.
-        data: data root (videos in ``videos/``, the shard catalog in ``shards/``; ``quick`` uses ``quick/``).
+        data: data root (videos in ``videos/``, the shard catalog in ``shards-v<schema version>/``; ``quick`` uses ``quick/``).
         quick: the smoke profile (tiny data, 2 corruptions, all methods; well under 3 minutes).
         full: every corruption at severity 5, three seeds.
         workers: processes for generation and sharding (default: all CPUs; 0: in this process, without Ray).
@@ -288,7 +288,11 @@ def run_demo(
     log.info("demo 1/4: data set in %s (%.1f s%s)", ds.root, timings["generate"], ", cached" if was_cached else "")
 
     t0 = time.perf_counter()
-    catalog = data_root / "shards"
+    # one shard folder per schema version: a format change re-shards into a new folder instead of meeting the old
+    # sets' fingerprints (the shard job refuses to mix jobs in one folder); the old folder can be deleted
+    from avtta.shards.schema import SCHEMA_VERSION
+
+    catalog = data_root / f"shards-v{SCHEMA_VERSION}"
     was_cached = _step_shard(p, ds, catalog, workers, progress)
     timings["shard"] = time.perf_counter() - t0
     cached += ["shard"] if was_cached else []
