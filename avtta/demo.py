@@ -261,7 +261,8 @@ def run_demo(
     Args:
         out: results root (``table.md``, ``heatmap.png``, ``results.parquet``, ``demo.json``; the source model in
             ``source/`` and the per-protocol runs in ``adapt/``). ``quick`` and ``full`` write to sub-folders.
-        data: data root (videos in ``videos/``, the shard catalog in ``shards-v<schema version>/``; ``quick`` uses ``quick/``).
+        data: data root (videos in ``videos/``, the shard catalog in ``shards-v<schema version>/``; ``quick``: in
+            ``quick/``).
         quick: the smoke profile (tiny data, 2 corruptions, all methods; well under 3 minutes).
         full: every corruption at severity 5, three seeds.
         workers: processes for generation and sharding (default: all CPUs; 0: in this process, without Ray).
