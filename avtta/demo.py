@@ -46,12 +46,13 @@ class DemoProfile:
     train_frames: int = 4
     test_frames: int = 1
     shard_size: int = 100
-    # corruptions at severity 5, per protocol ("all": every registered one). The default subset has noise of each
-    # kind plus the weather / signal-loss corruptions that hurt the source model most on this data (measured on all
-    # 36: video noise, blur, pixelate and JPEG leave the hue cue intact; snow, fog and contrast wash it out).
-    video: tuple[str, ...] = ("gaussian_noise", "snow", "fog", "contrast")
-    audio: tuple[str, ...] = ("gaussian_noise", "traffic", "wind")
-    av: tuple[str, ...] = ("gaussian", "rain", "underwater")
+    # corruptions at severity 5, per protocol ("all": every registered one). The default subset is the corruptions
+    # that hurt the source model on this data, one or two per protocol, so that all 15 methods fit in the time budget
+    # (measured on all 36: video noise, blur, pixelate and JPEG leave the hue cue intact; snow, fog and contrast wash
+    # it out; wind is the worst audio noise kept after gaussian/traffic; underwater the worst audio-visual pair).
+    video: tuple[str, ...] = ("snow", "fog")
+    audio: tuple[str, ...] = ("wind",)
+    av: tuple[str, ...] = ("underwater",)
     severity: int = 5
     # source model (models/train.py)
     model: str = "cav_mae_ft_tiny"
@@ -62,6 +63,7 @@ class DemoProfile:
     methods: tuple[str, ...] = ("all",)
     seeds: tuple[int, ...] = (111,)
     batch_size: int = 10
+    valuation: bool = True  # per-sample modality valuation (samples.parquet, valuation.png per protocol)
     seed: int = 0
     # where the data of this profile lives under ``data`` and its results under ``out`` ("" = the folder itself)
     data_subdir: str = ""
@@ -222,7 +224,7 @@ def _step_adapt(
     cfg = AdaptConfig(
         catalog=str(catalog), dataset=DATASET, checkpoint=str(checkpoint), protocol=protocol,
         corruptions=names if protocol != "clean" else ("all",), severity=(p.severity,), methods=p.methods,
-        seeds=p.seeds, batch_size=p.batch_size, out=str(run), progress=progress, quiet=True,
+        seeds=p.seeds, batch_size=p.batch_size, out=str(run), progress=progress, quiet=True, valuation=p.valuation,
     )  # fmt: skip
     config = {k: v for k, v in asdict(cfg).items() if k != "quiet"}
     key = {"config": config, "checkpoint": checkpoint_digest(checkpoint)}
@@ -241,6 +243,27 @@ _CLEAN_NAMES = {
     "acc_audio": "audio only (missing video)",
     "acc_video": "video only (missing audio)",
 }
+
+
+def _write_valuation(out_dir: Path) -> None:
+    """One valuation report over every protocol's samples (sets named ``v:snow``, ``a:wind``..., and ``clean``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from avtta.adapt.valuation_report import SAMPLES_FILE, write_valuation_report
+
+    tables = []
+    for protocol in ("clean", "video", "audio", "av"):
+        path = out_dir / "adapt" / protocol / SAMPLES_FILE
+        if path.exists():
+            table = pq.read_table(path)
+            if protocol != "clean":
+                names = pc.binary_join_element_wise(_PREFIX[protocol], table["set"], ":")
+                table = table.set_column(table.schema.get_field_index("set"), "set", names)
+            tables.append(table)
+    if tables:
+        write_valuation_report(pa.concat_tables(tables), out_dir)
 
 
 def _label(row: dict[str, Any]) -> dict[str, Any]:
@@ -337,6 +360,8 @@ def run_demo(
     )
 
     write_report(rows, out_dir, quiet=True)
+    if p.valuation:
+        _write_valuation(out_dir)
     seeds = f"{len(p.seeds)} seed{'s' if len(p.seeds) > 1 else ''}"
     table = (
         f"Accuracy (%) on corrupted test data (severity {p.severity}; v: video, a: audio, av: audio-visual "
