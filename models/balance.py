@@ -37,6 +37,7 @@ from .resample import (
     sample_level_plan,
     save_plan,
 )
+from .valuation import MODALITY_MODES, shapley_values
 
 __all__ = [
     "DROP_MODES",
@@ -76,8 +77,8 @@ class Valuation:
 def _three_logits(model: nn.Module, audio: Tensor, video: Tensor) -> dict[str, Tensor]:
     return {
         "multimodal": model(audio, video, "multimodal"),
-        "audio": model(audio, None, "missingaudioonly"),
-        "video": model(None, video, "missingvideoonly"),
+        "audio": model(audio, None, MODALITY_MODES["audio"]),
+        "video": model(None, video, MODALITY_MODES["video"]),
     }
 
 
@@ -92,8 +93,8 @@ def valuate(
 
     Per sample: ``v_both = 2`` if the fused prediction is right, ``v_a`` / ``v_v`` = 1 if the audio-only
     (``missingaudioonly``) / video-only (``missingvideoonly``) prediction is right; ``phi_a = (v_a + v_both - v_v)/2``,
-    ``phi_v = (v_v + v_both - v_a)/2`` (the formula of ``adapt/valuation.py`` ``shapley_values``; arg-max ties go
-    to the first class, as ``np.argmax``).
+    ``phi_v = (v_v + v_both - v_a)/2`` (``models/valuation.py`` ``shapley_values``, the formula the adaptation
+    worker's valuation uses too; arg-max ties go to the first class, as ``np.argmax``).
 
     Args:
         model: a CAVMAEFT; its train/eval mode is restored afterwards.
@@ -114,10 +115,9 @@ def valuate(
             label = torch.as_tensor(batch["label"]).to(device).long().reshape(-1)
             with torch.autocast("cuda", dtype=torch.float16, enabled=autocast and device.type == "cuda"):
                 out = logits_fn(model, audio, video)
-            v_both, v_a, v_v = ((out[name].float().argmax(dim=1) == label).double() for name in _VALUATION_HEADS)
-            v_both = 2.0 * v_both
-            phi_a.append(((v_a + v_both - v_v) / 2).cpu().numpy())
-            phi_v.append(((v_v + v_both - v_a) / 2).cpu().numpy())
+            a, v = shapley_values(*(out[name].float() for name in _VALUATION_HEADS), label)
+            phi_a.append(a.double().cpu().numpy())  # halves of small integers: exact in any float type
+            phi_v.append(v.double().cpu().numpy())
             keys.extend(batch.get("key", []))
     finally:
         model.train(was_training)
@@ -211,26 +211,29 @@ def planned_logits(model: nn.Module, audio: Tensor, video: Tensor, drop: Tensor 
 def structure_forward(model: nn.Module, audio: Tensor, video: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     """The multimodal forward of a CAVMAEFT plus the features of the structure-preserving loss.
 
-    Input space (per modality): the modality stack's output tokens as the fusion block reads them (its first
-    LayerNorm ``blocks_u[0].norm1``), averaged over tokens (= ``run_stack(..., layer_features=True)``'s last
-    feature). Transformed space: the fused tokens after the final ``norm``, averaged over the audio positions and
-    over the video positions; their token-weighted mean is the pooled vector the head classifies.
+    Built on the model's contract: :meth:`~avtta.models.CAVMAEFT.encode` of each modality (with
+    ``layer_features``), the fusion block, the final LayerNorm pooling and :meth:`forward_head`, the same operations
+    as ``fuse_pool(..., "multimodal")`` + ``forward_head``. Input space (per modality): the modality stack's output
+    tokens as the fusion block reads them (its first LayerNorm ``blocks_u[0].norm1``), averaged over tokens
+    (``encode``'s last layer feature). Transformed space: the fused tokens after the final ``norm``, averaged over
+    the audio positions and over the video positions; their token-weighted mean is the pooled vector the head
+    classifies.
 
     Returns:
         ``(logits, {"in_a", "in_v", "out_a", "out_v"})``: the logits equal ``model(audio, video, "multimodal")``.
     """
-    a = model.run_stack(model.embed_audio(audio), "a")
-    v = model.run_stack(model.embed_video(video), "v")
-    norm1 = model.blocks_u[0].norm1
-    fused = model.norm(model.fuse(torch.cat((a, v), dim=1), "u"))
+    a, layers_a = model.encode("a", audio, layer_features=True)
+    v, layers_v = model.encode("v", video, layer_features=True)
+    fused = model.fuse(torch.cat((a, v), dim=1), "u")
     na = a.shape[1]
     feats = {
-        "in_a": norm1(a).mean(dim=1),
-        "in_v": norm1(v).mean(dim=1),
-        "out_a": fused[:, :na].mean(dim=1),
-        "out_v": fused[:, na:].mean(dim=1),
+        "in_a": layers_a[:, -1],
+        "in_v": layers_v[:, -1],
+        # The final LayerNorm acts per token, so pooling a slice of the fused tokens is that slice's share.
+        "out_a": model.pool(fused[:, :na], "norm"),
+        "out_v": model.pool(fused[:, na:], "norm"),
     }
-    return model.head(fused.mean(dim=1)), feats
+    return model.forward_head(model.pool(fused, "norm")), feats
 
 
 def schedule_position(epoch: int, batch: int, batches_in_epoch: int, plain_steps_per_epoch: int) -> float:

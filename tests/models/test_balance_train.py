@@ -1,7 +1,4 @@
-"""``avtta train --resample`` / ``--structure-loss`` end to end on the unit-test model (issue 14).
-
-Active once the wiring of ``docs/balance-wiring.md`` is merged into ``models/train.py`` (skipped before).
-"""
+"""``avtta train --resample`` / ``--structure-loss`` end to end on the unit-test model (issue 14)."""
 
 from __future__ import annotations
 
@@ -13,10 +10,6 @@ from avtta.models import create_model
 from avtta.models.checkpoint import read_checkpoint_config
 from avtta.models.train import TrainConfig, train
 from safetensors.torch import load_file
-
-pytestmark = pytest.mark.skipif(
-    "resample" not in TrainConfig.__dataclass_fields__, reason="issue 14 wiring not merged into models/train.py"
-)
 
 
 class MemoryLoader:
@@ -109,3 +102,20 @@ def test_balance_options_are_validated():
         TrainConfig(resample="sample", mode="audioonly")
     with pytest.raises(ValueError, match="resample method"):
         TrainConfig(resample="both")
+
+
+def test_cli_options_are_train_config_fields():
+    from avtta.cli import build_parser
+    from avtta.cli.train import _FIELDS
+
+    assert set(_FIELDS) <= set(TrainConfig.__dataclass_fields__)
+    args = build_parser().parse_args(
+        ["train", "--catalog", "c", "--dataset", "d", "--resample", "modality", "--resample-warmup", "2",
+         "--resample-part-ratio", "0.5", "--structure-anchors", "8", "--structure-queue", "64"]
+    )  # fmt: skip
+    given = {k: v for k, v in vars(args).items() if k in _FIELDS}
+    cfg = TrainConfig(**given)
+    assert (cfg.resample, cfg.resample_warmup, cfg.resample_part_ratio) == ("modality", 2, 0.5)
+    assert (cfg.structure_anchors, cfg.structure_queue, cfg.structure_loss) == (8, 64, 0.0)
+    args = build_parser().parse_args(["train", "--catalog", "c", "--dataset", "d", "--structure-loss", "0.1"])
+    assert TrainConfig(**{k: v for k, v in vars(args).items() if k in _FIELDS}).structure_config.weight == 0.1
