@@ -181,13 +181,18 @@ def _step_shard(p: DemoProfile, ds: Any, catalog: Path, workers: int, progress: 
     return done
 
 
-def _step_train(p: DemoProfile, catalog: Path, run: Path, progress: bool) -> tuple[Path, dict[str, float], bool]:
-    """Train the source model (resuming a killed run); return its checkpoint and last validation accuracies."""
+def _step_train(
+    p: DemoProfile, catalog: Path, run: Path, progress: bool, **options: Any
+) -> tuple[Path, dict[str, float], bool]:
+    """Train the source model (resuming a killed run); return its checkpoint and last validation accuracies.
+
+    ``options``: further ``TrainConfig`` fields (the balanced variants of ``avtta demo --balance``).
+    """
     from avtta.models.train import TrainConfig, train
 
     cfg = TrainConfig(
         catalog=str(catalog), dataset=DATASET, model=p.model, out=str(run), epochs=p.epochs,
-        batch_size=p.train_batch_size, seed=p.seed, val_split="test", progress=progress,
+        batch_size=p.train_batch_size, seed=p.seed, val_split="test", progress=progress, **options,
     )  # fmt: skip
     state = _read_json(run / "state.json")
     saved = _read_json(run / "train_config.json")
