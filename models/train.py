@@ -12,6 +12,12 @@ applied there). Mixed precision (fp16 autocast + GradScaler) only on CUDA; fp32 
 Outputs in ``out``: ``model.safetensors`` + ``model.json`` (the model after the last finished epoch, loadable with
 ``create_model(name, checkpoint=out)``), ``train_config.json`` (the resolved config), ``history.json`` (metrics per
 epoch), and ``state.safetensors`` + ``state.json`` (optimizer, scaler and progress; what ``resume`` continues from).
+
+Balanced source training (issue 14): ``resample`` (valuation-based re-sampling, ``models/resample.py``: the plan of
+each re-sampled epoch is kept in ``plans/epoch_<n>.json`` so a resumed epoch reads the same rows) and
+``structure_loss`` (the Multi-Sinkhorn-Knopp structure-preserving loss, ``models/structure.py``: its anchors are
+saved in ``model.safetensors`` under ``structure.``, which model loaders ignore); both are recorded in ``model.json``
+(``"training"``). Official-code items: ``docs/faithfulness-balance.md``.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from .factory import create_model
 from .resample import ResampleConfig
 from .structure import CHECKPOINT_PREFIX, StructureConfig, StructurePreserver
 
-__all__ = ["EVAL_MODES", "TrainConfig", "TrainResult", "eval_logits", "evaluate", "train"]
+__all__ = ["EVAL_MODES", "TrainConfig", "TrainResult", "eval_logits", "evaluate", "saved_config", "train"]
 
 _log = logging.getLogger(__name__)
 
@@ -372,6 +378,17 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> CAVMAEFT:
     return model
 
 
+def saved_config(path: str | Path) -> dict[str, Any]:
+    """A run's ``train_config.json``, with the default of every field it predates (e.g. a run saved before the
+    balance options existed compares as ``resample="none"``, ``structure_loss=0``)."""
+    saved = json.loads(Path(path).read_text())
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    defaults = {
+        name: f.default for name, f in fields.items() if f.default is not dataclasses.MISSING and name not in saved
+    }
+    return {**defaults, **saved}
+
+
 def _valuation_data(cfg: TrainConfig, train_data: Any) -> Iterable[Mapping[str, Any]]:
     """The training set in dataset order with the evaluation view (eval frame, no SpecAugment) for the valuation.
 
@@ -416,7 +433,7 @@ def train(
     if state_path.exists() and not resume:
         raise ValueError(f"{out} already holds a training run: pass resume=True (--resume) or choose another --out")
     if resume and state_path.exists():
-        saved = json.loads((out / "train_config.json").read_text())
+        saved = saved_config(out / "train_config.json")
         changed = {
             k: (saved.get(k), v)
             for k, v in cfg.to_json().items()

@@ -119,3 +119,17 @@ def test_cli_options_are_train_config_fields():
     assert (cfg.structure_anchors, cfg.structure_queue, cfg.structure_loss) == (8, 64, 0.0)
     args = build_parser().parse_args(["train", "--catalog", "c", "--dataset", "d", "--structure-loss", "0.1"])
     assert TrainConfig(**{k: v for k, v in vars(args).items() if k in _FIELDS}).structure_config.weight == 0.1
+
+
+def test_a_run_saved_before_the_balance_options_resumes(tmp_path):
+    import json
+
+    _run(tmp_path / "old", epochs=1)
+    path = tmp_path / "old" / "train_config.json"
+    saved = json.loads(path.read_text())
+    for name in [k for k in saved if k.startswith(("resample", "structure"))]:
+        del saved[name]  # as written by avtta train before issue 14
+    path.write_text(json.dumps(saved))
+    assert len(_run(tmp_path / "old", resume=True, epochs=2).history) == 2
+    with pytest.raises(ValueError, match="different config"):
+        _run(tmp_path / "old", resume=True, epochs=3, structure_loss=0.1)
