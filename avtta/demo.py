@@ -184,16 +184,22 @@ def _step_shard(p: DemoProfile, ds: Any, catalog: Path, workers: int, progress: 
     return done
 
 
-def _step_train(p: DemoProfile, catalog: Path, run: Path, progress: bool) -> tuple[Path, dict[str, float], bool]:
-    """Train the source model (resuming a killed run); return its checkpoint and last validation accuracies."""
-    from avtta.models.train import TrainConfig, train
+def _step_train(
+    p: DemoProfile, catalog: Path, run: Path, progress: bool, **options: Any
+) -> tuple[Path, dict[str, float], bool]:
+    """Train the source model (resuming a killed run); return its checkpoint and last validation accuracies.
+
+    ``options``: further ``TrainConfig`` fields (the balanced variants of ``avtta demo --balance``).
+    """
+    from avtta.models.train import TrainConfig, saved_config, train
 
     cfg = TrainConfig(
         catalog=str(catalog), dataset=DATASET, model=p.model, out=str(run), epochs=p.epochs,
-        batch_size=p.train_batch_size, seed=p.seed, val_split="test", progress=progress,
+        batch_size=p.train_batch_size, seed=p.seed, val_split="test", progress=progress, **options,
     )  # fmt: skip
     state = _read_json(run / "state.json")
-    saved = _read_json(run / "train_config.json")
+    # with the defaults of fields added since (a model trained before the balance options still matches)
+    saved = saved_config(run / "train_config.json") if _read_json(run / "train_config.json") is not None else None
     # paths and run-time knobs may be spelled differently between runs; everything else must match
     volatile = ("catalog", "out", "progress", "num_workers", "device")
     same = saved is not None and all(saved.get(k) == v for k, v in cfg.to_json().items() if k not in volatile)

@@ -432,9 +432,27 @@ class IndexedLoader(Loader):
     def __init__(self, dataset: IndexedShards, batch_size: int, num_workers: int = 2, drop_last: bool = False):
         super().__init__(len(dataset), batch_size, num_workers, drop_last)
         self.dataset = dataset
+        self._order: list[int] | None = None
+
+    def set_order(self, order: Sequence[int] | None) -> None:
+        """Read exactly these sample indices (repeats allowed; e.g. a re-sampling plan) instead of the seeded
+        permutation; ``None`` restores it. Per-sample randomness stays keyed by (seed, epoch, sample)."""
+        if order is not None:
+            order = [int(i) for i in order]
+            if order and (min(order) < 0 or max(order) >= self.num_samples):
+                raise ValueError(f"set_order: sample indices must be in [0, {self.num_samples})")
+        self._order = order
+
+    def __len__(self) -> int:
+        n = self.num_samples if self._order is None else len(self._order)
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
 
     def order(self) -> list[int]:
-        """Sample indices in reading order: manifest order, or a permutation seeded by (seed, epoch)."""
+        """Sample indices in reading order: the order given to :meth:`set_order`, else manifest order or a
+        permutation seeded by (seed, epoch)."""
+        if self._order is not None:
+            return list(self._order)
         order = list(range(self.num_samples))
         cfg = self.dataset.cfg
         if cfg.shuffle:
