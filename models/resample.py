@@ -4,7 +4,7 @@ Paper: Y. Wei, R. Feng, Z. Wang, D. Hu, "Enhancing Multimodal Cooperation via Sa
 CVPR 2024. Upstream: GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation, ``code/sample_level.py``,
 ``code/modality_level.py`` and the datasets ``AV_KS_Dataset_sample_level`` / ``AV_KS_Dataset_modality_level`` in
 ``code/datasets/dataloader.py``. Behaviour and the official-code bugs (each FIX or KEEP):
-``docs/faithfulness-balance.md``.
+``docs/faithfulness.md`` (balanced source training).
 
 Input: per-sample Shapley values ``phi_a``, ``phi_v`` in dataset (manifest) order, as computed by the valuation
 pass (``phi_a = (v_a + v_both - v_v) / 2`` with ``v_both = 2 * fused correct``, ``v_a`` / ``v_v`` = audio-only /

@@ -17,7 +17,7 @@ Balanced source training (issue 14): ``resample`` (valuation-based re-sampling, 
 each re-sampled epoch is kept in ``plans/epoch_<n>.json`` so a resumed epoch reads the same rows) and
 ``structure_loss`` (the Multi-Sinkhorn-Knopp structure-preserving loss, ``models/structure.py``: its anchors are
 saved in ``model.safetensors`` under ``structure.``, which model loaders ignore); both are recorded in ``model.json``
-(``"training"``). Official-code items: ``docs/faithfulness-balance.md``.
+(``"training"``). Official-code items: ``docs/faithfulness.md`` (balanced source training).
 """
 
 from __future__ import annotations
