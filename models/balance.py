@@ -11,7 +11,8 @@
 
 Removing a modality = the model's missing-modality forward (``missingaudioonly`` keeps audio, ``missingvideoonly``
 keeps video), the same forwards the valuation uses; the official code zeroes the removed modality's pooled feature in
-a late-fusion model, which has no CAV-MAE counterpart (why: ``docs/faithfulness.md`` (balanced source training)). Torch and numpy only.
+a late-fusion model, which has no CAV-MAE counterpart (why: docs/faithfulness.md, balanced source training).
+Torch and numpy only.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ the input-space assignments to match transformed-space targets and vice versa, f
 
 ``cost(s, t) = BCE_with_logits(exp(s / 0.1), t)`` (mean over ``B x K``), as upstream. The pair weights default to
 the official config's video/audio entries (``c_loss_2_2 = c_loss_5_2 = 1`` for video-video, 0.1 for every pair
-with audio). What the spaces are in CAV-MAE, and every official quirk kept or fixed: ``docs/faithfulness.md`` (balanced source training).
+with audio). What the spaces are in CAV-MAE, and every official quirk kept or fixed: docs/faithfulness.md (balance).
 
 State: the anchors are parameters (train them with the model), the queues are buffers (FIFO of the last
 ``queue_size`` normalised embeddings per modality and space; the loss is 0 until they are full, as upstream).
