@@ -32,7 +32,6 @@ def _resize_frames(frames: np.ndarray, size: int) -> list[np.ndarray]:
 
 def _render(job: tuple) -> tuple[list[bytes], np.ndarray]:
     """One demo clip -> (JPEGs of its ``frames`` frames at ``frame_size`` px, unnormalised fbank)."""
-    from avtta.pipelines.decode import frame_positions
     from avtta.pipelines.demo_data import render_clip
     from avtta.pipelines.features import compute_fbank
     from avtta.pipelines.shard_job import encode_jpeg
@@ -40,7 +39,7 @@ def _render(job: tuple) -> tuple[list[bytes], np.ndarray]:
 
     cfg, split, index, label, frames, frame_size = job
     video, wave, _ = render_clip(cfg, split, index, label)
-    picked = np.stack([video[i] for i in frame_positions(len(video), frames)])
+    picked = video[np.linspace(0, len(video) - 1, frames).round().astype(int)]  # evenly spaced, as the decoder
     jpegs = [encode_jpeg(f, JPEG_QUALITY_CLEAN) for f in _resize_frames(picked, frame_size)]
     return jpegs, compute_fbank(np.asarray(wave, np.float32).reshape(-1), cfg.audio_rate)
 
