@@ -6,7 +6,7 @@
   for two sizes (each entry one of a few real clips under its own id).
 
 Each measurement runs the real command line (``avtta.cli.main``) in a fresh subprocess, which reports its own peak
-RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) and the largest of its children's (DataLoader workers); the parent
+RSS (``VmHWM``) and the largest of its children's (DataLoader workers, ``getrusage``); the parent
 prints a table and, with ``--json``, writes the figures.
 """
 
@@ -26,6 +26,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def _vm_hwm_mib() -> float:
+    """Peak RSS of this process image (``VmHWM``): unlike ``getrusage(RUSAGE_SELF).ru_maxrss``, it starts afresh at
+    exec, so it does not include the RSS of the parent that forked us (Linux carries ru_maxrss across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: may include the parent's
+
+
 def child(argv: list[str]) -> None:
     """Run one ``avtta`` command line in this process; print peak RSS (MiB) of it and of its children as JSON."""
     from avtta.cli import main
@@ -33,8 +42,10 @@ def child(argv: list[str]) -> None:
     t0 = time.perf_counter()
     rc = main(argv)
     seconds = time.perf_counter() - t0
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    own = _vm_hwm_mib()
+    # the largest child's ru_maxrss; Linux keeps a process's peak across exec, so a forked worker's figure includes
+    # what this process held when it forked (an upper bound for the worker's own use)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
     print(
         "MEMORY "
         + json.dumps(
