@@ -408,7 +408,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cpu-dry-run", action="store_true", help="every step on the CPU at tiny sizes (no GPU needed)")
     ap.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out", help="folder of gpu_check.json")
-    ap.add_argument("--golden", default=str(REPO.parent / "shared" / "golden"), help="golden folder (if present)")
+    goldens = [REPO.parent / "shared" / "golden", REPO / "shared" / "golden"]  # beside the checkout, or inside it
+    ap.add_argument(
+        "--golden", default=str(next((g for g in goldens if g.is_dir()), goldens[0])), help="golden folder, if any"
+    )
     ap.add_argument("--work", help="scratch folder (default: a temporary one)")
     ap.add_argument("--parts", default="parity,precision,throughput")
     ap.add_argument("--precision-clips", type=int, default=512, help="demo-like clips per split (train and test)")
