@@ -12,8 +12,15 @@ import numpy as np
 from avtta.shards.schema import FRAME_SIZE
 from PIL import Image
 
-from . import audio, audio_visual, tables, video  # noqa: F401  (importing registers the corruptions)
+from . import tables
 from .registry import AUDIO, AV, VIDEO, AudioOp, Context, Params, VisualOp
+
+try:  # importing registers the corruptions; their kernels need SciPy and OpenCV
+    from . import audio, audio_visual, video  # noqa: F401
+except ImportError as err:  # without them (a bare GPU machine) specs still parse; apply_corruption raises
+    _KERNELS_MISSING: ImportError | None = err
+else:
+    _KERNELS_MISSING = None
 
 MODALITIES = ("clean", "video", "audio", "av")
 _REGISTRIES: dict[str, dict] = {"video": VIDEO, "audio": AUDIO, "av": AV}
@@ -340,6 +347,8 @@ def apply_corruption(
         raise TypeError(f"spec must be a CorruptionSpec, got {type(spec).__name__} {spec!r}")
     if spec.modality == "clean":
         return frames, waveform, {}
+    if _KERNELS_MISSING is not None:
+        raise ImportError(f"{spec}: the corruption kernels need {_KERNELS_MISSING.name!r} ({_KERNELS_MISSING})")
     ctx = Context(int(sample_rate), options)
     params = params or {}
     out_params: Params = {}
