@@ -33,7 +33,7 @@ demo-quick: venv
 	$(NETNS) $(VENV)/bin/avtta demo --quick $(DEMO_ARGS)$(NETEND)
 
 bench: venv
-	$(NETNS) $(PY) benchmarks/run_all.py$(NETEND)
+	$(NETNS) $(PY) benchmarks/run_all.py $(BENCH_ARGS)$(NETEND)
 
 lint: venv
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -12,8 +12,15 @@ import numpy as np
 from avtta.shards.schema import FRAME_SIZE
 from PIL import Image
 
-from . import audio, audio_visual, tables, video  # noqa: F401  (importing registers the corruptions)
+from . import tables
 from .registry import AUDIO, AV, VIDEO, AudioOp, Context, Params, VisualOp
+
+try:  # importing registers the corruptions; their kernels need SciPy and OpenCV
+    from . import audio, audio_visual, video  # noqa: F401
+except ImportError as err:  # without them (a bare GPU machine) specs still parse; apply_corruption raises
+    _KERNELS_MISSING: ImportError | None = err
+else:
+    _KERNELS_MISSING = None
 
 MODALITIES = ("clean", "video", "audio", "av")
 _REGISTRIES: dict[str, dict] = {"video": VIDEO, "audio": AUDIO, "av": AV}
@@ -199,8 +206,8 @@ def _check_waveform(waveform: np.ndarray | None, spec: CorruptionSpec) -> np.nda
 
 
 def _apply_visual(
-    op: VisualOp, spec: CorruptionSpec, frames: np.ndarray, rng: np.random.Generator | None, recorded: Params | None,
-    ctx: Context,
+    op: VisualOp, spec: CorruptionSpec, frames: np.ndarray, seed_key: tuple[int, str] | None,
+    recorded: Params | None, ctx: Context,
 ) -> tuple[np.ndarray, Params]:  # fmt: skip
     opts = ctx.options
     reference = recorded["reference_frames"] if recorded is not None else bool(opts.reference_frames)
@@ -209,13 +216,27 @@ def _apply_visual(
         raise ValueError(f"{spec}: recorded parameters hold {len(recorded['frames'])} frames, got {len(frames)}")
     out, per_frame = [], []
     for k, img in enumerate(frames):
-        src = _reference_frame(img) if reference else np.ascontiguousarray(img)
-        p = recorded["frames"][k] if recorded is not None else op.sample(rng, spec.severity, src.shape[:2], ctx)
-        res = _to_uint8(op.kernel(src, p, ctx))
-        out.append(_jpeg85(res) if jpeg else res)
+        given = recorded["frames"][k] if recorded is not None else None
+        res, p = _visual_frame(op, spec, img, k, seed_key, given, ctx, reference, jpeg)
+        out.append(res)
         per_frame.append(p)
     params = {"op": op.name, "reference_frames": reference, "reference_jpeg": jpeg, "frames": per_frame}
     return (np.stack(out) if out else frames), params
+
+
+def _visual_frame(
+    op: VisualOp, spec: CorruptionSpec, img: np.ndarray, index: int, seed_key: tuple[int, str] | None,
+    recorded: Params | None, ctx: Context, reference: bool | None = None, jpeg: bool | None = None,
+) -> tuple[np.ndarray, Params]:  # fmt: skip
+    """Frame ``index`` of a clip, corrupted with its own draws: they depend on (seed, key, spec, index) only."""
+    reference = bool(ctx.options.reference_frames) if reference is None else reference
+    jpeg = bool(ctx.options.reference_jpeg) if jpeg is None else jpeg
+    src = _reference_frame(img) if reference else np.ascontiguousarray(img)
+    if recorded is None:
+        rng = spec_rng(seed_key[0], seed_key[1], spec, f"video:{int(index)}")
+        recorded = op.sample(rng, spec.severity, src.shape[:2], ctx)
+    res = _to_uint8(op.kernel(src, recorded, ctx))
+    return (_jpeg85(res) if jpeg else res), recorded
 
 
 def _apply_audio(
@@ -232,6 +253,67 @@ def _apply_audio(
     if out.shape != waveform.shape:
         raise AssertionError(f"{spec}: audio kernel changed the shape {waveform.shape} -> {out.shape}")
     return out, {"op": op.name, **p, "snr_db_effective": audio.effective_snr_db(waveform, out)}
+
+
+def _parts(spec: CorruptionSpec) -> tuple[VisualOp | None, AudioOp | None]:
+    if spec.modality == "video":
+        return VIDEO[spec.name], None
+    if spec.modality == "audio":
+        return None, AUDIO[spec.name]
+    if spec.modality == "av":
+        return AV[spec.name]
+    return None, None
+
+
+def corrupts(spec: CorruptionSpec) -> tuple[bool, bool]:
+    """Whether ``spec`` changes the frames and whether it changes the waveform (an ``av`` pair: both)."""
+    visual, sound = _parts(spec)
+    return visual is not None, sound is not None
+
+
+def corrupt_frame(
+    spec: CorruptionSpec,
+    frame: np.ndarray,
+    index: int,
+    *,
+    seed: int,
+    key: str,
+    options: CorruptionOptions = CorruptionOptions(),  # noqa: B008  (frozen, immutable default)
+) -> np.ndarray:
+    """Frame ``index`` of a clip with the visual part of ``spec`` (a video corruption or an ``av`` pair's).
+
+    The same pixels as :func:`apply_corruption` on all the clip's frames and keeping frame ``index``: each frame's
+    draws depend only on (seed, key, spec, index). The identity when ``spec`` has no visual part.
+
+    Args:
+        frame: uint8 ``[H, W, 3]`` RGB.
+    """
+    visual, _ = _parts(spec)
+    if visual is None:
+        return frame
+    _check_frames(frame[None] if isinstance(frame, np.ndarray) else frame, spec)
+    res, _ = _visual_frame(visual, spec, frame, index, (int(seed), str(key)), None, Context(16000, options))
+    return res
+
+
+def corrupt_waveform(
+    spec: CorruptionSpec,
+    waveform: np.ndarray,
+    *,
+    seed: int,
+    key: str,
+    sample_rate: int = 16000,
+    options: CorruptionOptions = CorruptionOptions(),  # noqa: B008  (frozen, immutable default)
+) -> np.ndarray:
+    """The waveform with the audio part of ``spec`` (an audio corruption or an ``av`` pair's), as
+    :func:`apply_corruption` makes it; the identity when ``spec`` has no audio part."""
+    _, sound = _parts(spec)
+    if sound is None:
+        return waveform
+    waveform = _check_waveform(waveform, spec)
+    rng = spec_rng(seed, key, spec, "audio")
+    out, _ = _apply_audio(sound, spec, waveform, rng, None, Context(int(sample_rate), options))
+    return out
 
 
 def apply_corruption(
@@ -265,6 +347,8 @@ def apply_corruption(
         raise TypeError(f"spec must be a CorruptionSpec, got {type(spec).__name__} {spec!r}")
     if spec.modality == "clean":
         return frames, waveform, {}
+    if _KERNELS_MISSING is not None:
+        raise ImportError(f"{spec}: the corruption kernels need {_KERNELS_MISSING.name!r} ({_KERNELS_MISSING})")
     ctx = Context(int(sample_rate), options)
     params = params or {}
     out_params: Params = {}
@@ -276,8 +360,8 @@ def apply_corruption(
         visual, sound = AV[spec.name]
     if visual is not None:
         frames = _check_frames(frames, spec)
-        rng = None if "video" in params else spec_rng(seed, key, spec, "video")
-        frames, out_params["video"] = _apply_visual(visual, spec, frames, rng, params.get("video"), ctx)
+        seed_key = None if "video" in params else (int(seed), str(key))
+        frames, out_params["video"] = _apply_visual(visual, spec, frames, seed_key, params.get("video"), ctx)
     if sound is not None:
         waveform = _check_waveform(waveform, spec)
         rng = None if "audio" in params else spec_rng(seed, key, spec, "audio")

@@ -10,17 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.compute as pc
-from avtta.corruptions import CorruptionSpec, format_spec
+from avtta.corruptions import CLEAN, CorruptionOptions, CorruptionSpec, format_spec
 from avtta.shards.indexed import IndexedLoader, IndexedShards, SampleRefs
 from avtta.shards.loader import ReaderConfig, join_keys, resolve_pin_memory
 from avtta.shards.reader import SHUFFLE_BUFFER, BatchLoader, ShardStream
 from avtta.shards.schema import FBANK_FIELD
 
+from .onthefly import OnTheFly, options_of
 from .tables import Catalog, ShardSetInfo
 
-__all__ = ["check_joinable", "open_dataset", "parse_selection"]
+__all__ = ["check_joinable", "on_the_fly_hook", "open_dataset", "parse_selection"]
 
 ACCESS_MODES = ("index", "stream")
+SOURCES = (None, "clean")
 
 
 def parse_selection(corruption: str, modality: str | None = None, severity: int | None = None) -> tuple[str, str, int]:
@@ -76,6 +78,9 @@ def open_dataset(
     with_metadata: bool = False,
     pin_memory: bool | None = None,
     access: str = "index",
+    source: str | None = None,
+    corruption_options: CorruptionOptions | None = None,
+    fbank_device: str | None = None,
 ) -> BatchLoader | IndexedLoader:
     """Model-ready batches of a shard set selected from a catalog.
 
@@ -94,6 +99,15 @@ def open_dataset(
             per epoch; DataLoader workers decode the frames, this process reads the fbanks and normalises.
             ``"stream"``: webdataset's sequential tar iterators with a seeded buffer shuffle, for storage where only
             sequential reads are cheap. Both give the same samples with identical tensors, in different orders.
+        source: None (default): read the written set(s) of the selection. ``"clean"``: corrupt while reading:
+            the clean set's stored frame (only the one the model sees) and ``wav.flac`` waveform go through the
+            selection's seeded kernels, the JPEG 85 round trip and the fbank in the DataLoader workers; every model
+            input equals the written set's (frames exactly, fbank to float16 storage precision). Index mode only.
+            Audio corruptions need the clean set written with ``--waveform``.
+        corruption_options: ``source="clean"`` only: noise recordings and switches (default: those the clean set's
+            job recorded, which made its written corrupted sets).
+        fbank_device: ``source="clean"`` only: compute the fbanks of corrupted audio batched on this device
+            (``"cuda"``) in this process instead of in the workers on the CPU.
 
     Returns:
         An :class:`~avtta.shards.IndexedLoader` (``access="index"``) or a :class:`~avtta.shards.BatchLoader`
@@ -106,11 +120,24 @@ def open_dataset(
             f"shuffle_buffer={shuffle_buffer!r} applies to access='stream' only: the index mode shuffles by a full "
             "permutation"
         )
+    if source not in SOURCES:
+        raise ValueError(f"source must be None (the written sets) or 'clean' (corrupt while reading), got {source!r}")
+    if source is None and (corruption_options is not None or fbank_device is not None):
+        raise ValueError("corruption_options and fbank_device apply to source='clean' (corrupting while reading) only")
+    if source is not None and access != "index":
+        raise ValueError(
+            f"source={source!r} (corrupting while reading) reads by index: use access='index', not {access!r}"
+        )
     cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
     cfg = ReaderConfig(
         frame=frame, freqm=freqm, timem=timem, shuffle=shuffle, seed=seed, with_metadata=with_metadata
     )  # fmt: skip
     buffer = SHUFFLE_BUFFER if shuffle_buffer is None else shuffle_buffer
+    if source == "clean":
+        info = cat.get(dataset, split)
+        hook = on_the_fly_hook(info, corruption, modality, severity, corruption_options, fbank_device)
+        refs = SampleRefs.build(_sample_rows(cat, info), _member_rows(cat, info))
+        return _indexed(refs, cfg, batch_size, num_workers, drop_last, pin_memory, hook)
     if isinstance(corruption, (tuple, list)):
         if len(corruption) != 2:
             raise ValueError(f"a joined selection takes two corruptions (video, audio), got {corruption!r}")
@@ -140,6 +167,46 @@ def open_dataset(
     return BatchLoader(stream, info.samples, batch_size, num_workers, drop_last, pin_memory)
 
 
+def on_the_fly_hook(
+    clean: ShardSetInfo,
+    corruption: str | tuple[str, str],
+    modality: str | None = None,
+    severity: int | None = None,
+    options: CorruptionOptions | None = None,
+    fbank_device: str | None = None,
+) -> OnTheFly:
+    """The hook that corrupts the clean set ``clean`` as the selection's written set(s) hold it.
+
+    A single selection corrupts with its spec (both parts of an ``av`` pair); a pair ``(video, audio)`` takes the
+    frames of the first and the audio of the second, as a joined read of the two written sets does. Names must be
+    registered corruptions (``strict`` parsing): an imported set has no kernel to replay.
+    """
+    if isinstance(corruption, (tuple, list)):
+        if len(corruption) != 2:
+            raise ValueError(f"a joined selection takes two corruptions (video, audio), got {corruption!r}")
+        video, audio = (_registered(parse_selection(c), c) for c in corruption)
+    else:
+        video = audio = _registered(parse_selection(corruption, modality, severity), corruption)
+    hook = OnTheFly(video, audio, clean.seed, options if options is not None else options_of(clean.options))
+    hook.fbank_device = fbank_device
+    if hook.audio and not clean.waveform:
+        raise ValueError(
+            f"{clean.path} was written without --waveform: {audio} cannot be applied while reading "
+            "(rewrite the clean set with --waveform, or read the written set)"
+        )
+    return hook
+
+
+def _registered(parsed: tuple[str, str, int], given: object) -> CorruptionSpec:
+    modality, name, severity = parsed
+    if modality == "clean":
+        return CLEAN
+    try:
+        return CorruptionSpec(modality, name, severity)
+    except ValueError as err:
+        raise ValueError(f"corruption {given!r} cannot be applied while reading: {err}") from None
+
+
 def _key_shard(cat: Catalog, info: ShardSetInfo) -> dict[str, str]:
     """key -> shard file of a set's samples, in manifest (= writing) order."""
     cols = cat.samples(info).select(["key", "shard"]).to_pydict()
@@ -167,7 +234,13 @@ def _member_rows(cat: Catalog, info: ShardSetInfo, field: str | None = None) -> 
 
 
 def _indexed(
-    refs: SampleRefs, cfg: ReaderConfig, batch_size: int, workers: int, drop_last: bool, pin: bool | None
+    refs: SampleRefs,
+    cfg: ReaderConfig,
+    batch_size: int,
+    workers: int,
+    drop_last: bool,
+    pin: bool | None,
+    hook: OnTheFly | None = None,
 ) -> IndexedLoader:
-    dataset = IndexedShards(refs, cfg, pin_memory=resolve_pin_memory(pin))
+    dataset = IndexedShards(refs, cfg, pin_memory=resolve_pin_memory(pin), hook=hook)
     return IndexedLoader(dataset, batch_size, workers, drop_last)

@@ -22,6 +22,7 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -29,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 __all__ = [
+    "AUXILIARY_PREFIXES",
     "CONFIG_FORMAT",
     "checkpoint_filter_fn",
     "load_checkpoint",
@@ -45,6 +47,9 @@ CONFIG_VERSION = 1
 _RELEASED_SUFFIXES = (".pth", ".pt", ".bin")
 _QKV_COPIES = ("q", "k", "v")
 _MAX_LISTED = 12
+# Training-only tensors stored beside the model's own (the structure-preserving anchors, models/structure.py):
+# written by `avtta train --structure-loss`, ignored whenever a model is loaded (adaptation included).
+AUXILIARY_PREFIXES = ("structure.",)
 
 
 def _listing(names: list[str]) -> str:
@@ -57,8 +62,9 @@ def checkpoint_filter_fn(
 ) -> dict[str, Tensor]:
     """Convert a released-layout (or READ/BriMPR) state dict into ``model``'s exact keys, strictly checked.
 
-    Strips the ``module.`` prefix, drops the fusion block's ``attn.{q,k,v}`` copies (see module docstring) and
-    raises ``ValueError`` naming ``source`` and every unknown key, missing key and wrong shape.
+    Strips the ``module.`` prefix, drops the fusion block's ``attn.{q,k,v}`` copies (see module docstring) and the
+    training-only tensors (:data:`AUXILIARY_PREFIXES`), and raises ``ValueError`` naming ``source`` and every
+    unknown key, missing key and wrong shape.
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"{source}: expected a state dict (mapping of name -> tensor), got {type(state_dict).__name__}")
@@ -69,6 +75,9 @@ def checkpoint_filter_fn(
         if not isinstance(value, Tensor):
             raise TypeError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
         name = key[len("module.") :] if key.startswith("module.") else key
+        if name.startswith(AUXILIARY_PREFIXES):
+            _log.debug("%s: ignored training-only tensor %s", source, name)
+            continue
         if name in out:
             raise ValueError(f"{source}: key {name!r} occurs both with and without the 'module.' prefix")
         out[name] = value
@@ -149,13 +158,22 @@ def _config_of(model: nn.Module) -> dict:
     }
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+def save_checkpoint(
+    model: nn.Module,
+    path: str | Path,
+    metadata: Mapping[str, str] | None = None,
+    extra_tensors: Mapping[str, Tensor] | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``path`` (``.safetensors``, or ``model.safetensors`` in a directory) and its ``.json`` config.
 
     Args:
         model: a :class:`~avtta.models.CAVMAEFT`.
         path: target file or existing directory.
         metadata: extra string metadata stored in the safetensors header.
+        extra_tensors: training-only tensors stored beside the model's (names must start with one of
+            :data:`AUXILIARY_PREFIXES`; loaders ignore them).
+        training: how the model was trained (JSON-ready), recorded as the config's ``"training"`` entry.
 
     Returns:
         The safetensors path written.
@@ -166,7 +184,13 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: Mapping[str, s
     if path.suffix != ".safetensors":
         raise ValueError(f"save_checkpoint: {path} must end in .safetensors")
     config = _config_of(model)
+    if training is not None:
+        config["training"] = dict(training)
     tensors = {name: value.detach().to("cpu").contiguous() for name, value in model.state_dict().items()}
+    for name, value in (extra_tensors or {}).items():
+        if not name.startswith(AUXILIARY_PREFIXES) or name in tensors:
+            raise ValueError(f"save_checkpoint: extra tensor {name!r} must start with one of {AUXILIARY_PREFIXES}")
+        tensors[name] = value.detach().to("cpu").contiguous()
     header = {**(metadata or {}), "avtta_config": json.dumps(config, sort_keys=True)}
     # Written to temporary names and renamed into place, so an interrupted save never leaves a half-written
     # checkpoint (the model package imports no data package, hence not avtta.shards.io, which does the same).

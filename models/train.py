@@ -12,6 +12,12 @@ applied there). Mixed precision (fp16 autocast + GradScaler) only on CUDA; fp32 
 Outputs in ``out``: ``model.safetensors`` + ``model.json`` (the model after the last finished epoch, loadable with
 ``create_model(name, checkpoint=out)``), ``train_config.json`` (the resolved config), ``history.json`` (metrics per
 epoch), and ``state.safetensors`` + ``state.json`` (optimizer, scaler and progress; what ``resume`` continues from).
+
+Balanced source training (issue 14): ``resample`` (valuation-based re-sampling, ``models/resample.py``: the plan of
+each re-sampled epoch is kept in ``plans/epoch_<n>.json`` so a resumed epoch reads the same rows) and
+``structure_loss`` (the Multi-Sinkhorn-Knopp structure-preserving loss, ``models/structure.py``: its anchors are
+saved in ``model.safetensors`` under ``structure.``, which model loaders ignore); both are recorded in ``model.json``
+(``"training"``). Official-code items: ``docs/faithfulness.md`` (balanced source training).
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .balance import planned_logits, prepare_epoch_plan, schedule_position, structure_forward, valuate
 from .cav_mae import CAVMAEFT
 from .checkpoint import save_checkpoint
 from .factory import create_model
+from .resample import ResampleConfig
+from .structure import CHECKPOINT_PREFIX, StructureConfig, StructurePreserver
 
-__all__ = ["EVAL_MODES", "TrainConfig", "TrainResult", "eval_logits", "evaluate", "train"]
+__all__ = ["EVAL_MODES", "TrainConfig", "TrainResult", "eval_logits", "evaluate", "saved_config", "train"]
 
 _log = logging.getLogger(__name__)
 
@@ -78,6 +87,16 @@ class TrainConfig:
         access: shard reading, ``"index"`` (random access) or ``"stream"`` (sequential; another data order).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
         progress: show a tqdm bar.
+        resample: valuation-based re-sampling, ``none``, ``sample`` or ``modality`` (Wei et al. CVPR'24,
+            ``models/resample.py``): from epoch ``resample_warmup`` on, each epoch is a plan of sample indices (with
+            a modality dropped for the extra copies) made from the valuation of the model after the epoch before.
+        resample_warmup: plain epochs before the first re-sampled one (official 5).
+        resample_part_ratio, resample_alpha: modality level: the share of the set that estimates the gap, and the
+            scale of the re-sampled share (official 0.2, 1.0).
+        structure_loss: weight of the Multi-Sinkhorn-Knopp structure-preserving loss (Swetha et al. ICCV'23,
+            ``models/structure.py``); 0 = off.
+        structure_anchors, structure_queue, structure_epsilon, structure_iterations: its anchors per modality and
+            space, embedding queue size, Sinkhorn epsilon and iterations (official 64, 5500, 0.07, 20).
     """
 
     catalog: str | None = None
@@ -105,6 +124,15 @@ class TrainConfig:
     access: str = "index"
     device: str = "auto"
     progress: bool = True
+    resample: str = "none"
+    resample_warmup: int = 5
+    resample_part_ratio: float = 0.2
+    resample_alpha: float = 1.0
+    structure_loss: float = 0.0
+    structure_anchors: int = 64
+    structure_queue: int = 5500
+    structure_epsilon: float = 0.07
+    structure_iterations: int = 20
 
     def __post_init__(self) -> None:
         if self.mode not in TRAIN_MODES:
@@ -115,6 +143,30 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_fraction < 1 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"warmup_fraction must be in [0, 1) and min_lr_ratio in [0, 1], got {self}")
+        self.resample_config  # noqa: B018  # validates the resample_* fields
+        if not self.structure_loss >= 0:
+            raise ValueError(f"structure_loss must be >= 0, got {self.structure_loss}")
+        self.structure_config  # noqa: B018  # validates the structure_* fields
+        if (self.resample != "none" or self.structure_loss > 0) and self.mode != "multimodal":
+            raise ValueError(f"--resample and --structure-loss need mode multimodal, got {self.mode!r}")
+        if self.resample != "none" and self.structure_loss > 0:
+            # The structure features of a row with a dropped modality are undefined (lift later: loss on drop 0 rows).
+            raise ValueError("--resample and --structure-loss cannot be combined (yet): choose one")
+        if self.resample != "none" and self.access != "index":
+            raise ValueError(f"--resample needs access 'index' (the plan lists sample indices), got {self.access!r}")
+
+    @property
+    def resample_config(self) -> ResampleConfig:
+        """The frozen re-sampling config of the ``resample_*`` fields."""
+        return ResampleConfig(method=self.resample, warmup=self.resample_warmup, part_ratio=self.resample_part_ratio,
+                              alpha=self.resample_alpha)  # fmt: skip
+
+    @property
+    def structure_config(self) -> StructureConfig:
+        """The frozen structure-loss config of the ``structure_*`` fields."""
+        return StructureConfig(weight=self.structure_loss, num_anchors=self.structure_anchors,
+                               queue_size=self.structure_queue, epsilon=self.structure_epsilon,
+                               iterations=self.structure_iterations)  # fmt: skip
 
     @property
     def base_lr(self) -> float:
@@ -153,7 +205,7 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _build_optimizer(model: CAVMAEFT, cfg: TrainConfig) -> torch.optim.AdamW:
+def _build_optimizer(model: CAVMAEFT, cfg: TrainConfig, structure: nn.Module | None = None) -> torch.optim.AdamW:
     head = {name for name, _ in model.select_parameters("head")}
     no_decay = model.no_weight_decay()
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
@@ -167,6 +219,9 @@ def _build_optimizer(model: CAVMAEFT, cfg: TrainConfig) -> torch.optim.AdamW:
         param_groups.append({
             "params": params, "lr": base, "base_lr": base, "weight_decay": 0.0 if is_no_decay else cfg.weight_decay,
         })  # fmt: skip
+    if structure is not None:  # the anchors: base lr, no decay (upstream: the model's Adam without weight decay)
+        params = list(structure.parameters())
+        param_groups.append({"params": params, "lr": cfg.base_lr, "base_lr": cfg.base_lr, "weight_decay": 0.0})
     return torch.optim.AdamW(param_groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
 
 
@@ -228,9 +283,18 @@ def evaluate(model: CAVMAEFT, batches: Iterable[Mapping[str, Any]], train_mode: 
 # ------------------------------------------------------------------------------------------------- state
 
 
-def _save_state(path: Path, model: CAVMAEFT, optimizer: torch.optim.Optimizer, scaler, progress: dict) -> None:
+def _save_state(
+    path: Path,
+    model: CAVMAEFT,
+    optimizer: torch.optim.Optimizer,
+    scaler,
+    progress: dict,
+    structure: StructurePreserver | None = None,
+) -> None:
     """Model + AdamW state (tensors in safetensors, the rest in JSON), written atomically."""
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if structure is not None:
+        tensors.update(structure.state_tensors())  # "structure.*": anchors, queues, fill count (exact resume)
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for index, state in opt["state"].items():
@@ -251,7 +315,9 @@ def _save_state(path: Path, model: CAVMAEFT, optimizer: torch.optim.Optimizer, s
     atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1))
 
 
-def _load_state(path: Path, model: CAVMAEFT, optimizer: torch.optim.Optimizer, scaler) -> dict:
+def _load_state(
+    path: Path, model: CAVMAEFT, optimizer: torch.optim.Optimizer, scaler, structure: StructurePreserver | None = None
+) -> dict:
     meta_path = path.with_suffix(".json")
     try:
         meta = json.loads(meta_path.read_text())
@@ -262,6 +328,8 @@ def _load_state(path: Path, model: CAVMAEFT, optimizer: torch.optim.Optimizer, s
     tensors = load_file(str(path), device="cpu")
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(model_state, strict=True)
+    if structure is not None:
+        structure.load_tensors(tensors, source=str(path))
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -310,6 +378,38 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> CAVMAEFT:
     return model
 
 
+def saved_config(path: str | Path) -> dict[str, Any]:
+    """A run's ``train_config.json``, with the default of every field it predates (e.g. a run saved before the
+    balance options existed compares as ``resample="none"``, ``structure_loss=0``)."""
+    saved = json.loads(Path(path).read_text())
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    defaults = {
+        name: f.default for name, f in fields.items() if f.default is not dataclasses.MISSING and name not in saved
+    }
+    return {**defaults, **saved}
+
+
+def _valuation_data(cfg: TrainConfig, train_data: Any) -> Iterable[Mapping[str, Any]]:
+    """The training set in dataset order with the evaluation view (eval frame, no SpecAugment) for the valuation.
+
+    Same catalog and split as the training reader, so its sample ``i`` is the training reader's sample ``i``
+    (the index a plan lists); a reader passed to :func:`train` without a catalog provides ``valuation_view()``.
+    """
+    if cfg.catalog is None:
+        if not hasattr(train_data, "valuation_view"):
+            raise TypeError("--resample without a catalog needs a training reader with valuation_view()")
+        return train_data.valuation_view()
+    return _open(cfg, cfg.train_split, False)
+
+
+def _training_record(cfg: TrainConfig) -> dict[str, Any]:
+    """What model.json records about how the model was trained (the balance options)."""
+    record: dict[str, Any] = {"resample": dataclasses.asdict(cfg.resample_config), "structure": None}
+    if cfg.structure_loss > 0:
+        record["structure"] = {**dataclasses.asdict(cfg.structure_config), "tensor_prefix": CHECKPOINT_PREFIX}
+    return record
+
+
 def train(
     cfg: TrainConfig,
     train_data: Iterable[Mapping[str, Any]] | None = None,
@@ -333,7 +433,7 @@ def train(
     if state_path.exists() and not resume:
         raise ValueError(f"{out} already holds a training run: pass resume=True (--resume) or choose another --out")
     if resume and state_path.exists():
-        saved = json.loads((out / "train_config.json").read_text())
+        saved = saved_config(out / "train_config.json")
         changed = {
             k: (saved.get(k), v)
             for k, v in cfg.to_json().items()
@@ -354,7 +454,14 @@ def train(
         raise ValueError("train_data is empty")
 
     model = _build_model(cfg, _num_classes(cfg)).to(device).train()
-    optimizer = _build_optimizer(model, cfg)
+    structure = None
+    if cfg.structure_loss > 0:
+        d = model.embed_dim  # input space: the stacks' output width; transformed space: the fused width
+        structure = StructurePreserver(cfg.structure_config, (d, d), d, seed=cfg.seed).to(device)
+    rcfg = cfg.resample_config
+    if rcfg.method != "none" and not hasattr(train_data, "set_order"):
+        raise TypeError("--resample needs a training reader with set_order() (the indexed reader)")
+    optimizer = _build_optimizer(model, cfg, structure)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp) if use_amp else None
     total_steps = cfg.epochs * steps_per_epoch
@@ -362,7 +469,7 @@ def train(
 
     progress = {"epochs_done": 0, "step": 0, "history": []}
     if resume and state_path.exists():
-        progress = _load_state(state_path, model, optimizer, scaler)
+        progress = _load_state(state_path, model, optimizer, scaler, structure)
         _log.info("resuming %s after epoch %d (step %d)", out, progress["epochs_done"], progress["step"])
     atomic_write(out / "train_config.json", json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
     history: list[dict[str, Any]] = progress["history"]
@@ -371,17 +478,42 @@ def train(
     for epoch in range(progress["epochs_done"], cfg.epochs):
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)  # reproducible per-epoch shuffling, also after a resume
+        started = time.time()
+        plan = None
+        if rcfg.method != "none":
+            # The model after epoch - 1 valuates the training set (or a resumed epoch reads the plan it wrote).
+            plan = prepare_epoch_plan(
+                out, rcfg, cfg.seed, epoch, train_data.num_samples,
+                lambda: valuate(model, _valuation_data(cfg, train_data), logits_fn=eval_logits),
+            )  # fmt: skip
+            train_data.set_order(None if plan is None else plan.index.tolist())
+        batches_this_epoch = len(train_data)
         model.train()
-        started, loss_sum, correct, seen = time.time(), 0.0, 0, 0
-        bar = tqdm(train_data, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
-        for batch in bar:
+        loss_sum, correct, seen, row = 0.0, 0, 0, 0
+        s_sum: dict[str, float] = {}
+        bar = tqdm(train_data, total=batches_this_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not cfg.progress)  # fmt: skip
+        for b, batch in enumerate(bar):
             audio, video, label = _move(batch, device)
-            factor = lr_factor(step, total_steps, warmup, cfg.min_lr_ratio)
+            # A re-sampled epoch covers the same stretch of the schedule as a plain one (upstream: per-epoch StepLR).
+            position = schedule_position(epoch, b, batches_this_epoch, steps_per_epoch)
+            factor = lr_factor(position, total_steps, warmup, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                logits = _forward(model, audio, video, cfg.mode)
+                if plan is not None:  # batches come in plan order: the rows' drop codes are the plan's next ones
+                    logits = planned_logits(model, audio, video, plan.drop[row : row + label.numel()])
+                elif structure is not None:
+                    logits, feats = structure_forward(model, audio, video)
+                else:
+                    logits = _forward(model, audio, video, cfg.mode)
+            row += label.numel()
             loss = F.cross_entropy(logits.float(), label, label_smoothing=cfg.label_smoothing)
+            if structure is not None:  # fp32, outside autocast; 0 until the queues are full
+                s_loss, s_terms = structure(feats["in_a"], feats["in_v"], feats["out_a"], feats["out_v"])
+                loss = loss + s_loss
+                for k, v in {"loss": float(s_loss.detach()), **s_terms}.items():
+                    s_sum[f"structure_{k}"] = s_sum.get(f"structure_{k}", 0.0) + v * label.numel()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -402,16 +534,20 @@ def train(
             "epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
             "train_acc": 100.0 * correct / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
         }  # fmt: skip
+        if plan is not None:
+            record.update({f"resample_{k}": v for k, v in plan.stats.items()})
+        record.update({k: v / max(seen, 1) for k, v in s_sum.items()})
         if val_data is not None:
             record.update(evaluate(model, val_data, cfg.mode))
         record["seconds"] = round(time.time() - started, 2)
         history.append(record)
         _log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, {k: round(v, 4) for k, v in record.items()})
         # Model first, then the resume state: a crash in between repeats one epoch at worst.
-        save_checkpoint(model, out / "model.safetensors")
+        save_checkpoint(model, out / "model.safetensors", training=_training_record(cfg),
+                        extra_tensors=structure.checkpoint_tensors() if structure is not None else None)  # fmt: skip
         atomic_write(out / "history.json", json.dumps(history, indent=1) + "\n")
         progress = {"epochs_done": epoch + 1, "step": step, "history": history}
-        _save_state(state_path, model, optimizer, scaler, progress)
+        _save_state(state_path, model, optimizer, scaler, progress, structure)
 
     return TrainResult(out=out, checkpoint=out / "model.safetensors", epochs_done=progress["epochs_done"],
                        history=history)  # fmt: skip

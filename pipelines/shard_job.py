@@ -15,7 +15,6 @@ parts, fingerprints, resume checks, failure rows and set tables are :mod:`.setjo
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from avtta.corruptions import CorruptionOptions, CorruptionSpec, apply_corruption, parse_specs
+from avtta.corruptions import CorruptionOptions, CorruptionSpec, apply_corruption, corrupts, parse_specs
 from avtta.manifests import ShardSetInfo, set_relpath, write_catalog
+from avtta.shards.loader import decode_rgb, encode_jpeg
 from avtta.shards.schema import JPEG_QUALITY_CLEAN, JPEG_QUALITY_CORRUPTED, SCHEMA_VERSION, SampleRecord
-from PIL import Image
 
 from . import setjob
 from .inputs import ClipInput, list_inputs
@@ -97,13 +96,6 @@ class ChunkReport:
     per_set: dict[str, Any] = field(default_factory=dict)
 
 
-def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
-    """RGB uint8 [H, W, 3] -> JPEG bytes (PIL, fixed settings, so deterministic)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(frame), mode="RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def process_chunk(task: ChunkTask) -> ChunkReport:
     """Decode each clip of the chunk once and write its samples into every target set's shard."""
     with setjob.single_threaded():
@@ -149,20 +141,39 @@ def _process_chunk(task: ChunkTask) -> ChunkReport:
 
 
 class _ClipSamples:
-    """One decoded clip -> its sample in each set; the clean JPEGs and fbank are made once and shared."""
+    """One decoded clip -> its sample in each set; the clean JPEGs and fbank are made once and shared.
+
+    A corruption acts on the clip *as the clean set stores it* (schema 2), so that a reader corrupting the clean set
+    on the fly (``open_dataset(..., source="clean")``) makes the same samples: frames are the decoded pixels of the
+    clean JPEGs (quality 75), as the reference corrupts the extracted JPEG frames; the waveform is the 16 kHz PCM16
+    waveform the ``--waveform`` FLAC holds (the decoder's output is already on that grid).
+    """
 
     def __init__(self, clip: ClipInput, dec: Any, cfg: ShardJobConfig):
         self.clip, self.dec, self.cfg = clip, dec, cfg
         self._clean_jpegs: list[bytes] | None = None
+        self._stored_frames: np.ndarray | None = None
         self._clean_fbank: np.ndarray | None = None
+
+    def clean_jpegs(self) -> list[bytes]:
+        if self._clean_jpegs is None:
+            self._clean_jpegs = [encode_jpeg(f, JPEG_QUALITY_CLEAN) for f in self.dec.frames]
+        return self._clean_jpegs
+
+    def stored_frames(self) -> np.ndarray:
+        """uint8 [N, H, W, 3]: the frames a reader of the clean set decodes (what corruptions act on)."""
+        if self._stored_frames is None:
+            self._stored_frames = np.stack([decode_rgb(j).permute(1, 2, 0).numpy() for j in self.clean_jpegs()])
+        return self._stored_frames
 
     def sample(self, spec: CorruptionSpec) -> tuple[SampleRecord, Any]:
         from avtta.pipelines.features import compute_fbank, quantize_pcm16
 
         clip, dec, cfg = self.clip, self.dec, self.cfg
+        visual, _ = corrupts(spec)
         frames, wave, params = apply_corruption(
             spec,
-            dec.frames,
+            self.stored_frames() if visual else dec.frames,
             dec.waveform,
             seed=cfg.seed,
             key=clip.key,
@@ -170,9 +181,7 @@ class _ClipSamples:
             options=cfg.options,
         )
         if spec.modality in ("clean", "audio"):
-            if self._clean_jpegs is None:
-                self._clean_jpegs = [encode_jpeg(f, JPEG_QUALITY_CLEAN) for f in dec.frames]
-            jpegs = self._clean_jpegs
+            jpegs = self.clean_jpegs()
         else:
             jpegs = [encode_jpeg(f, JPEG_QUALITY_CORRUPTED) for f in frames]
         if spec.modality in ("clean", "video"):

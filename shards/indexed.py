@@ -9,6 +9,13 @@ indices to its workers, which decode the frames into a shared-memory ring; the c
 and normalises (see :class:`IndexedShards`). Batch memory is recycled (:class:`OutputBuffers`, :class:`FrameRing`):
 fresh memory per batch cost more than the work itself.
 
+A :class:`~.loader.SampleHook` (``hook=``) changes samples between their stored bytes and the input transforms: the
+catalog layer's on-the-fly corruption of a clean set (``avtta.manifests.onthefly``). The workers then also make the
+one corrupted frame the model sees and, when the hook changes the audio, decode the ``wav.flac`` waveform, corrupt
+it and compute its fbank (float16, as stored), the costly parts, which scale with the workers; with
+``hook.fbank_device`` the workers send the corrupted waveforms and the consuming process computes the batch's fbanks
+on that device (CUDA).
+
 Shuffling is a full permutation of the set, seeded by ``(seed, epoch)``; per-sample randomness (the random training
 frame, SpecAugment masks) is seeded by ``(seed, epoch, sample)``. Batches therefore do not depend on the number of
 workers. The samples are exactly those of the streaming reader (:class:`avtta.shards.reader.ShardStream`), with
@@ -32,9 +39,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from .fbank import compute_fbank, decode_flac, kaldi_fbank_batch
 from .index import MemberReader
-from .loader import Loader, ReaderConfig, join_keys, load_image
-from .schema import FBANK_FIELD, FRAME_RE, META_FIELD
+from .loader import Loader, ReaderConfig, SampleHook, decode_rgb, join_keys, load_image
+from .schema import FBANK_DTYPE, FBANK_FIELD, FRAME_RE, META_FIELD, TARGET_LENGTH, WAVE_FIELD
 from .transforms import NUM_MEL_BINS, fill_fbank, fill_image, frame_index, load_fbank
 
 
@@ -56,6 +64,7 @@ class SampleRefs:
     meta: np.ndarray  # int64 [N, 2]
     audio_shard: np.ndarray  # int32 [N]
     fbank: np.ndarray  # int64 [N, 2]
+    wave: np.ndarray | None = None  # int64 [N, 2]: the video set's wav.flac member (size -1 where it has none)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -91,7 +100,7 @@ class SampleRefs:
             samples = [row for row in samples if row[1] in joined]
             fbank_of = dict(fbanks)
         paths: dict[str, int] = {}
-        keys, labels, vshard, ashard, fbank, meta, frame_lists = [], [], [], [], [], [], []
+        keys, labels, vshard, ashard, fbank, meta, wave, frame_lists = [], [], [], [], [], [], [], []
         for shard, key, label in samples:
             fields = by_sample.get((shard, key))
             if fields is None:
@@ -111,6 +120,7 @@ class SampleRefs:
             ashard.append(paths.setdefault(apath, len(paths)))
             fbank.append((aoff, asize))
             meta.append(fields.get(META_FIELD, (0, -1)))
+            wave.append(fields.get(WAVE_FIELD, (0, -1)))
             frame_lists.append([rng for _, rng in frames])
         width = max((len(f) for f in frame_lists), default=1)
         frames_arr = np.full((len(keys), width, 2), -1, dtype=np.int64)
@@ -126,6 +136,7 @@ class SampleRefs:
             meta=np.asarray(meta, dtype=np.int64).reshape(-1, 2),
             audio_shard=np.asarray(ashard, dtype=np.int32),
             fbank=np.asarray(fbank, dtype=np.int64).reshape(-1, 2),
+            wave=np.asarray(wave, dtype=np.int64).reshape(-1, 2),
         )
 
 
@@ -165,10 +176,21 @@ class IndexedShards(Dataset):
     small machines). Without workers, :meth:`finish` does everything, one sample at a time.
     """
 
-    def __init__(self, refs: SampleRefs, cfg: ReaderConfig, pin_memory: bool = False):
+    def __init__(
+        self, refs: SampleRefs, cfg: ReaderConfig, pin_memory: bool = False, hook: SampleHook | None = None
+    ):  # fmt: skip
         self.refs = refs
         self.cfg = cfg
         self.pin_memory = pin_memory
+        self.hook = hook if hook is not None and (hook.video or hook.audio) else None
+        if self.hook is not None and self.hook.audio:
+            lacking = np.flatnonzero(refs.wave[:, 1] < 0) if refs.wave is not None else np.arange(len(refs))
+            if len(lacking):
+                i = int(lacking[0])
+                raise ValueError(
+                    f"sample {refs.keys[i]!r} in {refs.paths[refs.video_shard[i]]} has no {WAVE_FIELD} member: "
+                    "corrupting audio while reading needs the set written with --waveform"
+                )
         self.epoch = 0
         self._reader = MemberReader()
         self._out = OutputBuffers(pin_memory)
@@ -203,10 +225,43 @@ class IndexedShards(Dataset):
         refs = self.refs
         k = self._frame(i)
         try:
-            return load_image(self._read(refs.video_shard[i], refs.frames[i, k]), self.cfg.im_res)
+            jpeg = self._read(refs.video_shard[i], refs.frames[i, k])
+            if self.hook is not None and self.hook.video:  # only the frame the model sees is changed
+                jpeg = self.hook.frame(refs.keys[i], k, decode_rgb(jpeg).permute(1, 2, 0).numpy())
+            return load_image(jpeg, self.cfg.im_res)
         except (OSError, RuntimeError) as err:  # PIL / torchvision on bytes that are not a decodable image
             path = refs.paths[refs.video_shard[i]]
             raise ValueError(f"sample {refs.keys[i]!r} in {path}: frame {k} does not decode ({err})") from None
+
+    def _waveform(self, i: int) -> tuple[np.ndarray, int]:
+        """The hook's waveform of sample ``i`` (from the stored ``wav.flac``) and its rate."""
+        refs = self.refs
+        try:
+            wave, rate = decode_flac(self._read(refs.video_shard[i], refs.wave[i]))
+        except (RuntimeError, ValueError) as err:  # soundfile on bytes that are not one-channel FLAC
+            path = refs.paths[refs.video_shard[i]]
+            raise ValueError(f"sample {refs.keys[i]!r} in {path}: the waveform does not decode ({err})") from None
+        return self.hook.waveform(refs.keys[i], wave, rate), rate  # type: ignore[union-attr]
+
+    def _changed_fbank(self, i: int) -> np.ndarray:
+        """The fbank of the hook's waveform, rounded to the stored fbank's float16, as a written set holds it."""
+        wave, rate = self._waveform(i)
+        return compute_fbank(wave, rate).astype(FBANK_DTYPE)
+
+    def _fbanks(self, part: dict[str, Any]) -> torch.Tensor | list[np.ndarray] | None:
+        """The batch's fbanks when the hook changes the audio (None: read the stored ones)."""
+        if self.hook is None or not self.hook.audio:
+            return None
+        if "fbank" in part:
+            return part["fbank"]
+        if self.hook.fbank_device is None:
+            return [self._changed_fbank(i) for i in part["index"]]
+        waves = part.get("waves") or [self._waveform(i) for i in part["index"]]
+        rates = {rate for _, rate in waves}
+        if len(rates) != 1:
+            raise ValueError(f"the waveforms of one batch have different sample rates {sorted(rates)}")
+        fbank = kaldi_fbank_batch([w for w, _ in waves], rates.pop(), device=self.hook.fbank_device)
+        return fbank.to(torch.float16).cpu()  # the storage precision of a written set
 
     def _fbank(self, i: int) -> np.ndarray:
         data = self._reader.read_scratch(*self._fbank_at[i])  # a short read names the shard itself
@@ -225,12 +280,21 @@ class IndexedShards(Dataset):
             return {"index": list(indices)}
         b, res = len(indices), self.cfg.im_res
         slot = self._ring.acquire(info.id) if self._ring is not None else None
-        out = self._ring.slot(info.id, slot)[:b] if slot is not None else _shared_uint8((b, 3, res, res))
+        out = self._ring.slot(info.id, slot)[:b] if slot is not None else _shared((b, 3, res, res))
         for j, i in enumerate(indices):
             out[j].copy_(self._image(i))  # one frame at a time: its decode buffer is freed and reused at once
+        part: dict[str, Any] = {"index": list(indices)}
+        if self.hook is not None and self.hook.audio:  # the costly fbanks (or the waveforms) are made here too
+            if self.hook.fbank_device is None:
+                fbank = _shared((b, TARGET_LENGTH, NUM_MEL_BINS), torch.float16)
+                for j, i in enumerate(indices):
+                    fbank[j].copy_(torch.from_numpy(self._changed_fbank(i)))
+                part["fbank"] = fbank
+            else:
+                part["waves"] = [self._waveform(i) for i in indices]
         if slot is not None:  # nothing to send but indices: the main process reads the slot
-            return {"index": list(indices), "ring": (info.id, slot)}
-        return {"index": list(indices), "video": out}
+            return {**part, "ring": (info.id, slot)}
+        return {**part, "video": out}
 
     def finish(self, part: dict[str, Any]) -> dict[str, Any]:
         """Decoded frames -> the model-ready batch: fbanks read and normalised, frames normalised, labels, keys."""
@@ -242,8 +306,11 @@ class IndexedShards(Dataset):
         audio = self._out.get("audio", (b, cfg.target_length, NUM_MEL_BINS))
         video = self._out.get("video", (b, 3, res, res))
         metadata = []
+        changed = self._fbanks(part)
         for j, i in enumerate(indices):
-            fbank = load_fbank(self._fbank(i), cfg.target_length, cfg.freqm, cfg.timem, self._mask_generator(i))
+            stored = self._fbank(i) if changed is None else changed[j]
+            stored = stored.numpy() if isinstance(stored, torch.Tensor) else stored
+            fbank = load_fbank(stored, cfg.target_length, cfg.freqm, cfg.timem, self._mask_generator(i))
             fill_fbank(audio[j], fbank)
             fill_image(video[j], frames[j] if frames is not None else self._image(i))
             if cfg.with_metadata:
@@ -283,7 +350,7 @@ class FrameRing:
     """
 
     def __init__(self, workers: int, slots: int, shape: tuple[int, ...]):
-        self.frames = _shared_uint8((workers, slots, *shape))  # pages are touched (faulted) only when a slot is used
+        self.frames = _shared((workers, slots, *shape))  # pages are touched (faulted) only when a slot is used
         self.busy = mp.Array("b", workers * slots)  # with a lock
         self.slots = slots
 
@@ -344,14 +411,15 @@ def _unreferenced(t: torch.Tensor) -> bool:
     return use_count is not None and use_count(t.untyped_storage()._cdata) <= 2  # noqa: SLF001
 
 
-def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised uint8 tensor in shared memory.
+def _shared(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """An uninitialised tensor in shared memory (uint8 unless ``dtype``).
 
     Sending a tensor from a worker moves it into shared memory, a copy of the whole batch; torch's own
     ``default_collate`` avoids that the same way, by stacking into a new shared storage.
     """
-    storage = torch.UntypedStorage._new_shared(math.prod(shape))  # noqa: SLF001 - as default_collate does
-    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape)
+    size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(size)  # noqa: SLF001 - as default_collate does
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 def _identity(batch: Any) -> Any:
@@ -364,9 +432,27 @@ class IndexedLoader(Loader):
     def __init__(self, dataset: IndexedShards, batch_size: int, num_workers: int = 2, drop_last: bool = False):
         super().__init__(len(dataset), batch_size, num_workers, drop_last)
         self.dataset = dataset
+        self._order: list[int] | None = None
+
+    def set_order(self, order: Sequence[int] | None) -> None:
+        """Read exactly these sample indices (repeats allowed; e.g. a re-sampling plan) instead of the seeded
+        permutation; ``None`` restores it. Per-sample randomness stays keyed by (seed, epoch, sample)."""
+        if order is not None:
+            order = [int(i) for i in order]
+            if order and (min(order) < 0 or max(order) >= self.num_samples):
+                raise ValueError(f"set_order: sample indices must be in [0, {self.num_samples})")
+        self._order = order
+
+    def __len__(self) -> int:
+        n = self.num_samples if self._order is None else len(self._order)
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
 
     def order(self) -> list[int]:
-        """Sample indices in reading order: manifest order, or a permutation seeded by (seed, epoch)."""
+        """Sample indices in reading order: the order given to :meth:`set_order`, else manifest order or a
+        permutation seeded by (seed, epoch)."""
+        if self._order is not None:
+            return list(self._order)
         order = list(range(self.num_samples))
         cfg = self.dataset.cfg
         if cfg.shuffle:

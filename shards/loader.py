@@ -60,6 +60,14 @@ def decode_rgb(jpeg: bytes | bytearray) -> torch.Tensor:
         return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
 
 
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """RGB uint8 [H, W, 3] -> JPEG bytes (PIL, fixed settings, so deterministic): how frames are stored, and how
+    the on-the-fly reader stores a corrupted frame before decoding it again (the same round trip)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(frame), mode="RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def load_image(jpeg: bytes | bytearray, im_res: int = FRAME_SIZE) -> torch.Tensor:
     """JPEG -> uint8 [3, im_res, im_res]: decode, then Resize(im_res, PIL bicubic) + CenterCrop unless already square
     at that size (the reference's ``transforms.Resize`` on a PIL image)."""
@@ -68,6 +76,40 @@ def load_image(jpeg: bytes | bytearray, im_res: int = FRAME_SIZE) -> torch.Tenso
         return x
     rgb = resize_center_crop(x.permute(1, 2, 0).numpy(), im_res, Image.BICUBIC)
     return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-sample changes between the stored bytes and the model inputs (corruption while reading)
+
+
+class SampleHook:
+    """What a reader changes in a sample between its stored bytes and the model inputs; none by default.
+
+    The reader owns the CAV-MAE input transforms (frame decode, resize, fbank, normalisation); a hook only says how
+    a stored frame and a stored waveform become the ones those transforms see. The shard readers know nothing of
+    corruptions: ``avtta.manifests.onthefly`` implements a hook that corrupts a clean set while reading and
+    :func:`avtta.manifests.open_dataset` hands it to the reader.
+
+    Attributes:
+        video: :meth:`frame` changes frames (else the stored JPEG is decoded as it is).
+        audio: :meth:`waveform` changes the audio: the fbank is computed from the stored ``wav.flac`` waveform it
+            returns (else the stored fbank is read).
+        fbank_device: where the fbanks of changed audio are computed. None: in the DataLoader workers, one clip at
+            a time on the CPU (:func:`.fbank.compute_fbank`). A device (``"cuda"``): the workers send the changed
+            waveforms and the consuming process computes the batch's fbanks there (:func:`.fbank.kaldi_fbank_batch`).
+    """
+
+    video: bool = False
+    audio: bool = False
+    fbank_device: str | None = None
+
+    def frame(self, key: str, index: int, rgb: np.ndarray) -> bytes:
+        """Stored frame ``index`` of sample ``key``, decoded (uint8 ``[H, W, 3]``) -> the JPEG the reader decodes."""
+        raise NotImplementedError
+
+    def waveform(self, key: str, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The stored waveform of sample ``key`` (float32 ``[S]``) -> the waveform its fbank is computed from."""
+        raise NotImplementedError
 
 
 # ---------------------------------------------------------------------------------------------------------------

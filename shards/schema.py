@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+# 2: corruptions act on the clip as the clean set stores it (decoded clean JPEGs), one generator per frame
+SCHEMA_VERSION = 2
 
 FBANK_FIELD = "fbank.npy"
 LABEL_FIELD = "cls"

@@ -135,6 +135,10 @@ def test_profiles_select_registered_corruptions():
         assert all(s.rsplit("@", 1)[0] in known for s in specs[1:]), specs
     assert len(PROFILES["full"].corruption_specs()) == 1 + len(known)
     assert len(PROFILES["full"].seeds) == 3 and len(PROFILES["default"].seeds) == 1
+    # online adaptation needs steps to act: at least 30 per default test set (issue: 7 at batch 64 showed nothing)
+    default = PROFILES["default"]
+    assert -(-default.test_clips // default.batch_size) >= 30
+    assert PROFILES["full"].methods == ("all",) == default.methods
 
 
 @pytest.mark.slow
@@ -146,7 +150,7 @@ def test_quick_demo_end_to_end_then_cached(tmp_path):
 
     result = run_demo(out=tmp_path / "runs", data=tmp_path / "data", quick=True, workers=0, progress=False)
     methods = list_methods()
-    assert len(methods) == 8
+    assert len(methods) == 15  # the BriMPR repository's eight, the six newer methods and audio_assist
     assert {(r["method"], r["corruption"]) for r in result.rows if r["protocol"] != "clean"} == {
         (m, c) for m in methods for c in ("v:gaussian_noise", "a:gaussian_noise")
     }

@@ -81,19 +81,19 @@ class ABPEMConfig(MethodConfig):
         for name in ("cache_size", "prime_ent_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r} (adapt/abpem.py)")
+                raise ValueError(f"{name} must be a positive int, got {value!r} (adapt/methods/abpem.py)")
         if self.cache_batches is not None and (
             not isinstance(self.cache_batches, int) or isinstance(self.cache_batches, bool) or self.cache_batches < 1
         ):
             raise ValueError(
-                f"cache_batches must be None or a positive int, got {self.cache_batches!r} (adapt/abpem.py)"
+                f"cache_batches must be None or a positive int, got {self.cache_batches!r} (adapt/methods/abpem.py)"
             )
         for name in ("ent_weight", "bal_weight", "attn_weight"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number, got {value!r} (adapt/abpem.py)")
+                raise ValueError(f"{name} must be a finite number, got {value!r} (adapt/methods/abpem.py)")
         if self.score not in ("post", "pre"):
-            raise ValueError(f"score must be 'post' or 'pre', got {self.score!r} (adapt/abpem.py)")
+            raise ValueError(f"score must be 'post' or 'pre', got {self.score!r} (adapt/methods/abpem.py)")
 
 
 def gaussian_kl(mean1: Tensor, std1: Tensor, mean2: Tensor, std2: Tensor) -> Tensor:
@@ -131,7 +131,7 @@ def fusion_with_query_key(model: nn.Module, tokens: Tensor) -> tuple[Tensor, Ten
     q = k = None
     for block in model.blocks_u:
         if getattr(block.attn, "gate", None) is not None:
-            raise ValueError("ABPEM: gated fusion attention is not supported (adapt/abpem.py)")
+            raise ValueError("ABPEM: gated fusion attention is not supported (adapt/methods/abpem.py)")
         out, q, k = _attention_with_query_key(block.attn, block.norm1(x))
         x = x + out
         x = x + block.mlp(block.norm2(x))
@@ -172,7 +172,7 @@ def attention_bootstrap_loss(q: Tensor, k: Tensor, num_audio: int, via: str = "a
     if via == "auto":
         via = "moments" if 2 * q.shape[2] < q.shape[1] else "scores"
     if via not in ("scores", "moments"):
-        raise ValueError(f"via must be 'auto', 'scores' or 'moments', got {via!r} (adapt/abpem.py)")
+        raise ValueError(f"via must be 'auto', 'scores' or 'moments', got {via!r} (adapt/methods/abpem.py)")
     stats = _block_stats_moments if via == "moments" else _block_stats_scores
     q_a, q_v, k_a, k_v = q[:, :num_audio], q[:, num_audio:], k[:, :num_audio], k[:, num_audio:]
     with torch.no_grad():  # the anchors carry no gradient (the official code detaches them)

@@ -76,19 +76,21 @@ class AdaPGCConfig(MethodConfig):
         for name in ("w_c", "w_g", "gamma"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite non-negative number, got {value!r} (adapt/adapgc.py)")
+                raise ValueError(f"{name} must be finite and >= 0, got {value!r} (adapt/methods/adapgc.py)")
         if not self.tau > 0:
-            raise ValueError(f"tau must be positive, got {self.tau!r} (adapt/adapgc.py)")
+            raise ValueError(f"tau must be positive, got {self.tau!r} (adapt/methods/adapgc.py)")
         if not 0 < self.confidence_gamma < 1:
-            raise ValueError(f"confidence_gamma must be in (0, 1), got {self.confidence_gamma!r} (adapt/adapgc.py)")
+            raise ValueError(
+                f"confidence_gamma must be in (0, 1), got {self.confidence_gamma!r} (adapt/methods/adapgc.py)"
+            )
         for name in ("gmm_alpha", "ema_decay"):
             value = getattr(self, name)
             if not 0 <= value < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r} (adapt/adapgc.py)")
+                raise ValueError(f"{name} must be in [0, 1), got {value!r} (adapt/methods/adapgc.py)")
         if not self.reg_covar > 0:
-            raise ValueError(f"reg_covar must be positive, got {self.reg_covar!r} (adapt/adapgc.py)")
+            raise ValueError(f"reg_covar must be positive, got {self.reg_covar!r} (adapt/methods/adapgc.py)")
         if self.ema_init not in _EMA_INITS:
-            raise ValueError(f"ema_init must be one of {_EMA_INITS}, got {self.ema_init!r} (adapt/adapgc.py)")
+            raise ValueError(f"ema_init must be one of {_EMA_INITS}, got {self.ema_init!r} (adapt/methods/adapgc.py)")
 
 
 def symmetric_kl(first: Tensor, second: Tensor, eps: float = 1e-12) -> Tensor:
@@ -170,7 +172,9 @@ class GaussianClassModel:
                 return
             cov = cov + jitter * eye  # only the factor sees the jitter, as upstream
             jitter *= 10
-        raise RuntimeError("AdaPGC: a class covariance is not positive definite even with jitter (adapt/adapgc.py)")
+        raise RuntimeError(
+            "AdaPGC: a class covariance is not positive definite even with jitter (adapt/methods/adapgc.py)"
+        )
 
     def logits(self, x: Tensor) -> Tensor:
         """Log-joint ``ln pi_k - log_det_k / 2 - M_bk / 2 - (D/2) ln 2 pi`` of ``x [B, D]`` -> ``[B, K]`` (fp32).
@@ -215,7 +219,9 @@ class AdaPGC(TTAMethod):
         cfg = self.config
         m = self.model
         if len(m.blocks_u) != 1:
-            raise ValueError(f"AdaPGC expects one fusion block, the model has {len(m.blocks_u)} (adapt/adapgc.py)")
+            raise ValueError(
+                f"AdaPGC expects one fusion block, the model has {len(m.blocks_u)} (adapt/methods/adapgc.py)"
+            )
         head = m.mlp_head[1]
         self.gaussians = {
             key: GaussianClassModel(head.weight, head.bias, alpha=cfg.gmm_alpha, reg_covar=cfg.reg_covar)

@@ -118,7 +118,7 @@ class AudioAssistConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        where = "(adapt/audio_assist.py)"
+        where = "(adapt/methods/audio_assist.py)"
         for name in ("groups", "augment", "crop_scale", "crop_ratio"):  # JSON gives lists
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not isinstance(self.labeler, str) or not self.labeler:
@@ -279,7 +279,7 @@ class AudioAssist(TTAMethod):
     ) -> None:
         super().__init__(model, config)
         cfg: AudioAssistConfig = self.config  # type: ignore[assignment]
-        where = "(adapt/audio_assist.py)"
+        where = "(adapt/methods/audio_assist.py)"
         if cfg.labeler == "self":
             if labeler_model is not None:
                 raise ValueError(f"labeler 'self' takes no labeler_model= {where}")
@@ -302,7 +302,7 @@ class AudioAssist(TTAMethod):
 
     def _resolve_label_map(self, label_map: LabelMap | Tensor | None, audio_classes: int) -> Tensor:
         cfg: AudioAssistConfig = self.config  # type: ignore[assignment]
-        where = "(adapt/audio_assist.py)"
+        where = "(adapt/methods/audio_assist.py)"
         shape = (audio_classes, self.num_classes)
         if label_map is None:
             if cfg.label_map is not None:
@@ -394,7 +394,7 @@ class AudioAssist(TTAMethod):
             keys = [f"#{self._stream_index + i}" for i in range(batch)]
         keys = [str(k) for k in keys]
         if len(keys) != batch:
-            raise ValueError(f"{len(keys)} keys for a batch of {batch} samples (adapt/audio_assist.py)")
+            raise ValueError(f"{len(keys)} keys for a batch of {batch} samples (adapt/methods/audio_assist.py)")
         self._batch_keys = keys
         try:
             return super().step(audio, video)

@@ -74,13 +74,13 @@ class DASPConfig(MethodConfig):
         for name in ("delta", "lambda_ent", "lambda_kl"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r} (adapt/dasp.py)")
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r} (adapt/methods/dasp.py)")
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            raise ValueError(f"rank must be a positive int, got {self.rank!r} (adapt/dasp.py)")
+            raise ValueError(f"rank must be a positive int, got {self.rank!r} (adapt/methods/dasp.py)")
         if not (isinstance(self.std_ratio, int | float) and 0 <= self.std_ratio < 1):
-            raise ValueError(f"std_ratio must be in [0, 1), got {self.std_ratio!r} (adapt/dasp.py)")
+            raise ValueError(f"std_ratio must be in [0, 1), got {self.std_ratio!r} (adapt/methods/dasp.py)")
         if not (isinstance(self.prob_eps, int | float) and 0 <= self.prob_eps < 0.5):
-            raise ValueError(f"prob_eps must be in [0, 0.5), got {self.prob_eps!r} (adapt/dasp.py)")
+            raise ValueError(f"prob_eps must be in [0, 0.5), got {self.prob_eps!r} (adapt/methods/dasp.py)")
 
 
 class DASP(TTAMethod):
@@ -94,7 +94,7 @@ class DASP(TTAMethod):
     def init_state(self) -> None:
         dim = width_of(self.model)
         if self.config.rank > dim:
-            raise ValueError(f"rank {self.config.rank} exceeds the model width {dim} (adapt/dasp.py)")
+            raise ValueError(f"rank {self.config.rank} exceeds the model width {dim} (adapt/methods/dasp.py)")
 
         def external() -> nn.Linear:
             return nn.Linear(dim, dim, bias=False, device="meta").to_empty(device=self.device)

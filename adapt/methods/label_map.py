@@ -1,6 +1,6 @@
 """Audio-to-video label maps: a CSV of weighted class links turned into a dense ``[A, V]`` matrix.
 
-Audio-assisted TTA (``adapt/audio_assist.py``) labels a clip's audio with an audio classifier whose label space may
+Audio-assisted TTA (``audio_assist.py``) labels a clip's audio with an audio classifier whose label space may
 differ from the video model's (e.g. AudioSet's 527 classes against Kinetics' 50). A label map says which audio
 classes name which video classes. It is data, written once offline (the paper builds it with an LLM; the prompt is
 in ``docs/audio-assist.md``), and validated here against both class lists.

@@ -65,13 +65,13 @@ class PTAConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.loss not in _LOSSES:
-            raise ValueError(f"loss must be one of {_LOSSES}, got {self.loss!r} (adapt/pta.py)")
+            raise ValueError(f"loss must be one of {_LOSSES}, got {self.loss!r} (adapt/methods/pta.py)")
         if self.score not in ("post", "pre"):
-            raise ValueError(f"score must be 'post' or 'pre', got {self.score!r} (adapt/pta.py)")
+            raise ValueError(f"score must be 'post' or 'pre', got {self.score!r} (adapt/methods/pta.py)")
         for name in ("ent_weight", "mmd_weight"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value >= 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r} (adapt/pta.py)")
+                raise ValueError(f"{name} must be a non-negative number, got {value!r} (adapt/methods/pta.py)")
 
 
 def fusion_attention_forward(model: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,11 +81,11 @@ def fusion_attention_forward(model: nn.Module, tokens: Tensor) -> tuple[Tensor, 
     probabilities; like PTA's model, the scale multiplies ``q k^T`` and ``A`` keeps its gradient.
     """
     if len(model.blocks_u) != 1:
-        raise ValueError(f"PTA expects one fusion block, the model has {len(model.blocks_u)} (adapt/pta.py)")
+        raise ValueError(f"PTA expects one fusion block, the model has {len(model.blocks_u)} (adapt/methods/pta.py)")
     block = model.blocks_u[0]
     attn = block.attn
     if getattr(attn, "gate", None) is not None:
-        raise ValueError("PTA: gated fusion attention is not supported (adapt/pta.py)")
+        raise ValueError("PTA: gated fusion attention is not supported (adapt/methods/pta.py)")
     x = tokens
     batch, length, width = x.shape
     heads = attn.num_heads

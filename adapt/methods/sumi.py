@@ -78,15 +78,17 @@ class SuMiConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.iters, int) or isinstance(self.iters, bool) or self.iters < 1:
-            raise ValueError(f"iters must be a positive int (batches per pass), got {self.iters!r} (adapt/sumi.py)")
+            raise ValueError(
+                f"iters must be a positive int (batches per pass), got {self.iters!r} (adapt/methods/sumi.py)"
+            )
         for name in ("uent_thresh", "ment_thresh", "e_margin", "lamda"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number, got {value!r} (adapt/sumi.py)")
+                raise ValueError(f"{name} must be a finite number, got {value!r} (adapt/methods/sumi.py)")
         if not (isinstance(self.umu, int | float) and math.isfinite(self.umu) and self.umu >= 0):
-            raise ValueError(f"umu must be a finite non-negative number, got {self.umu!r} (adapt/sumi.py)")
+            raise ValueError(f"umu must be a finite non-negative number, got {self.umu!r} (adapt/methods/sumi.py)")
         if self.score not in ("post", "pre"):
-            raise ValueError(f"score must be 'post' or 'pre', got {self.score!r} (adapt/sumi.py)")
+            raise ValueError(f"score must be 'post' or 'pre', got {self.score!r} (adapt/methods/sumi.py)")
 
 
 def range_filter(feats: Tensor, progress: float) -> Tensor:
@@ -173,7 +175,7 @@ class SuMi(TTAMethod):
             self._warned = True
             logger.warning(
                 "SuMi: batch %d is past iters=%d: the range filter now rejects every clip; set iters to the "
-                "stream length (adapt/sumi.py)", t, iters
+                "stream length (adapt/methods/sumi.py)", t, iters
             )  # fmt: skip
         with self.autocast():
             a = model.run_stack(model.embed_audio(audio), "a")

@@ -59,13 +59,13 @@ class TSAConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (isinstance(self.loss_coeff, int | float) and math.isfinite(self.loss_coeff) and self.loss_coeff >= 0):
-            raise ValueError(f"loss_coeff must be a finite number >= 0, got {self.loss_coeff!r} (adapt/tsa.py)")
+            raise ValueError(f"loss_coeff must be a finite number >= 0, got {self.loss_coeff!r} (adapt/methods/tsa.py)")
         if not (isinstance(self.conf_threshold, int | float) and 0 <= self.conf_threshold <= 1):
-            raise ValueError(f"conf_threshold must be in [0, 1], got {self.conf_threshold!r} (adapt/tsa.py)")
+            raise ValueError(f"conf_threshold must be in [0, 1], got {self.conf_threshold!r} (adapt/methods/tsa.py)")
         if not (isinstance(self.tau, int | float) and math.isfinite(self.tau) and self.tau > 0):
-            raise ValueError(f"tau must be a finite positive number, got {self.tau!r} (adapt/tsa.py)")
+            raise ValueError(f"tau must be a finite positive number, got {self.tau!r} (adapt/methods/tsa.py)")
         if not isinstance(self.mask_per_sample, bool):
-            raise TypeError(f"mask_per_sample must be a bool, got {self.mask_per_sample!r} (adapt/tsa.py)")
+            raise TypeError(f"mask_per_sample must be a bool, got {self.mask_per_sample!r} (adapt/methods/tsa.py)")
 
 
 class TSA(TTAMethod):

@@ -86,6 +86,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "iterators (for storage where only sequential reads are cheap; another sample order)",
     )
     p.add_argument(
+        "--on-the-fly",
+        action="store_true",
+        dest="on_the_fly",
+        help="corrupt the clean set while reading instead of reading written corrupted sets: the conditions are the "
+        "requested corruptions (registered names), the model inputs those of the sets avtta shard --corrupt writes "
+        "(audio corruptions need the clean set written with --waveform)",
+    )
+    p.add_argument(
         "--ray-address", dest="ray_address", help="fan (method, corruption, seed) jobs out over a Ray cluster"
     )
     p.add_argument(

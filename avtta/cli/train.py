@@ -9,7 +9,9 @@ import json
 _FIELDS = (
     "catalog", "dataset", "model", "out", "epochs", "lr", "head_lr_factor", "weight_decay", "warmup_fraction",
     "batch_size", "mode", "label_smoothing", "freqm", "timem", "train_split", "val_split", "init", "num_classes",
-    "model_overrides", "seed", "num_workers", "access", "device",
+    "model_overrides", "seed", "num_workers", "access", "device", "resample", "resample_warmup",
+    "resample_part_ratio", "resample_alpha", "structure_loss", "structure_anchors", "structure_queue",
+    "structure_epsilon", "structure_iterations",
 )  # fmt: skip
 
 
@@ -59,6 +61,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="shard reading: index = random access (default), stream = sequential webdataset iterators",
     )
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    b = p.add_argument_group("balanced source training (Wei et al. CVPR'24; Swetha et al. ICCV'23)")
+    b.add_argument(
+        "--resample",
+        choices=("none", "sample", "modality"),
+        help="valuation-based re-sampling of every epoch after the warm-up (default none)",
+    )
+    b.add_argument("--resample-warmup", type=int, dest="resample_warmup", help="plain epochs first (default 5)")
+    b.add_argument(
+        "--resample-part-ratio",
+        type=float,
+        dest="resample_part_ratio",
+        help="modality level: share of the set that estimates the gap (default 0.2)",
+    )
+    b.add_argument("--resample-alpha", type=float, dest="resample_alpha", help="modality level: scale (default 1)")
+    b.add_argument(
+        "--structure-loss",
+        type=float,
+        dest="structure_loss",
+        metavar="WEIGHT",
+        help="weight of the Multi-Sinkhorn-Knopp structure-preserving loss (default 0 = off)",
+    )
+    b.add_argument("--structure-anchors", type=int, dest="structure_anchors", help="anchors per modality (64)")
+    b.add_argument("--structure-queue", type=int, dest="structure_queue", help="embedding queue size (5500)")
+    b.add_argument("--structure-epsilon", type=float, dest="structure_epsilon", help="Sinkhorn epsilon (0.07)")
+    b.add_argument("--structure-iterations", type=int, dest="structure_iterations", help="Sinkhorn iterations (20)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     p.add_argument("--no-progress", action="store_true", dest="no_progress", help="no progress bar")
     p.set_defaults(func=run)

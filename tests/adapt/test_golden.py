@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from avtta.models import create_model
+from avtta.adapt.testing import golden_batches, load_npz, narrow_model, relative_error
 
 from avtta import adapt
 
@@ -37,28 +37,18 @@ STAT_KEYS = ("std_a", "mean_a", "std_v", "mean_v", "std_u", "mean_u")
 
 @pytest.fixture(scope="module")
 def gold(golden: Path) -> dict:
-    outputs = np.load(golden / "official_outputs.npz")
-    inputs = np.load(golden / "inputs.npz")
-
-    def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(torch.from_numpy(inputs[f"{prefix}_{m}"].astype(np.float32)) for m in ("audio", "video"))
-
+    batches = golden_batches(golden)
     return {
-        "out": {k: outputs[k] for k in outputs.files},
-        "test1": pair("test1"),
-        "test2": pair("test2"),
-        "source": pair("source"),
+        "out": load_npz(golden / "official_outputs.npz"),
+        "test1": batches["test1"],
+        "test2": batches["test2"],
+        "source": batches["source"],
         "weights": golden / "weights_released_layout.pth",
     }
 
 
 def _model(gold: dict) -> torch.nn.Module:
-    return create_model("cav_mae_ft_base", num_classes=50, embed_dim=32, num_heads=2, checkpoint=gold["weights"])
-
-
-def _rel(ours: torch.Tensor, ref: np.ndarray) -> float:
-    ref_t = torch.from_numpy(np.asarray(ref)).float()
-    return float((ours.detach().float().cpu() - ref_t).abs().max() / ref_t.abs().max())
+    return narrow_model(gold["weights"])
 
 
 def _record_grads(method: adapt.TTAMethod, names: dict[int, str]) -> list[dict[str, torch.Tensor | None]]:
@@ -166,7 +156,7 @@ def test_method_matches_official_run(name: str, gold: dict) -> None:
     out = gold["out"]
     method, initial, logits, grads = _run(name, gold)
     for step, ours in enumerate(logits, start=1):
-        assert _rel(ours, out[f"{name}/step{step}_logits"]) < TOL, f"{name} step {step} logits"
+        assert relative_error(ours, out[f"{name}/step{step}_logits"]) < TOL, f"{name} step {step} logits"
 
     keys = [k.split("/", 2)[2] for k in out if k.startswith(f"{name}/after_step2/")]
     assert bool(keys) == method.adapts
@@ -243,4 +233,4 @@ def test_eata_fisher_from_source_batch(gold: dict) -> None:
 def test_brimpr_source_stats_match_official(gold: dict) -> None:
     stats = adapt.compute_source_stats(_model(gold), [gold["source"]], num_samples=32)
     for key in STAT_KEYS:  # statistics of the same float32 forward as the logits: the same relative agreement
-        assert _rel(getattr(stats, key), gold["out"][f"brimpr/source_{key}"]) < TOL, key
+        assert relative_error(getattr(stats, key), gold["out"][f"brimpr/source_{key}"]) < TOL, key

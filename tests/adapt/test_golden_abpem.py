@@ -20,7 +20,7 @@ from avtta.adapt.methods.abpem import (
     gaussian_kl,
     principal_entropy,
 )
-from avtta.models import create_model
+from avtta.adapt.testing import golden_batches, load_npz, narrow_model, relative_error, smooth_batch
 
 # README metric: max |ours - ref| / max |ref| per compared tensor set. Both sides are fp32 on CPU with different
 # attention kernels and summation orders (~1e-6 relative measured: logits 2.6e-7, qkv 1.5e-8 absolute).
@@ -31,28 +31,18 @@ B, C = 6, 50
 @pytest.fixture(scope="module")
 def gold(golden: Path) -> dict:
     more = golden / "more"
-    out = np.load(more / "abpem.npz")
-    inputs = np.load(golden / "inputs.npz")
-
-    def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(torch.from_numpy(inputs[f"{prefix}_{m}"].astype(np.float32)) for m in ("audio", "video"))
-
+    batches = golden_batches(golden)
     return {
-        "out": {k: out[k] for k in out.files},
-        "test1": pair("test1"),
-        "test2": pair("test2"),
+        "out": load_npz(more / "abpem.npz"),
+        "test1": batches["test1"],
+        "test2": batches["test2"],
         "weights": more / "weights_released_layout_head5.pth",
         "weights_x30": golden / "weights_released_layout.pth",
     }
 
 
 def _model(weights: Path) -> torch.nn.Module:
-    return create_model("cav_mae_ft_base", num_classes=C, embed_dim=32, num_heads=2, checkpoint=weights)
-
-
-def _rel(ours: torch.Tensor, ref: np.ndarray) -> float:
-    ref_t = torch.from_numpy(np.asarray(ref)).float()
-    return float((ours.detach().float().cpu() - ref_t).abs().max() / ref_t.abs().max())
+    return narrow_model(weights)
 
 
 def _run(gold: dict, stats: str = "auto", **config) -> tuple[ABPEM, dict, list[dict]]:
@@ -83,9 +73,9 @@ def test_abpem_matches_official_run(gold: dict, safe_balance: bool, stats: str) 
     out = gold["out"]
     method, initial, steps = _run(gold, stats, safe_balance=safe_balance)
     for step, record in enumerate(steps, start=1):
-        assert _rel(record["logits"], out[f"abpem/step{step}_logits"]) < TOL, f"step {step} logits"
+        assert relative_error(record["logits"], out[f"abpem/step{step}_logits"]) < TOL, f"step {step} logits"
         # the adaptation forward over the cache (step 2: test1 rows, then test2 rows) localises a cache bug
-        assert _rel(record["adapt_logits"], out[f"abpem/step{step}_adapt_logits"]) < TOL, f"step {step} adapt"
+        assert relative_error(record["adapt_logits"], out[f"abpem/step{step}_adapt_logits"]) < TOL, f"step {step} adapt"
         # (principal entropy, balance, attention KL): O(1) values, fp32 sums of <= 12 x 50 terms
         np.testing.assert_allclose(record["losses"].double().numpy(), out[f"abpem/step{step}_losses"], rtol=TOL)
 
@@ -119,12 +109,12 @@ def test_abpem_logits_moved_from_source(gold: dict) -> None:
     """The parity test can fail: adapted logits are > 10 x TOL from the frozen model's (abpem.md: 2.1e-2, 4.1e-2)."""
     out = gold["out"]
     for step in (1, 2):
-        gap = _rel(torch.from_numpy(out[f"abpem/step{step}_logits"]), out[f"abpem/source_test{step}_logits"])
+        gap = relative_error(torch.from_numpy(out[f"abpem/step{step}_logits"]), out[f"abpem/source_test{step}_logits"])
         assert gap > 10 * TOL
     model = _model(gold["weights"])
     with torch.no_grad():
         source = model(*gold["test1"], mode="multimodal")
-    assert _rel(source, out["abpem/source_test1_logits"]) < TOL
+    assert relative_error(source, out["abpem/source_test1_logits"]) < TOL
 
 
 def test_unsafe_balance_is_nan_with_x30_head(gold: dict) -> None:
@@ -140,19 +130,15 @@ def test_unsafe_balance_is_nan_with_x30_head(gold: dict) -> None:
 
 
 # ---------------------------------------------------------------------- behaviour (no golden needed)
+
+
 def _batch(seed: int, n: int = B) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    audio = torch.nn.functional.interpolate(torch.randn(n, 1, 16, 8, generator=gen), size=(1024, 128), mode="bilinear")
-    video = torch.nn.functional.interpolate(torch.randn(n, 3, 14, 14, generator=gen), size=(224, 224), mode="bilinear")
-    return audio[:, 0], video
+    return smooth_batch(seed, n)
 
 
 @pytest.fixture(scope="module")
 def narrow() -> torch.nn.Module:
-    model = create_model("cav_mae_ft_base", num_classes=C, embed_dim=32, num_heads=2)
-    with torch.no_grad():
-        model.mlp_head[1].weight.mul_(5)
-    return model
+    return narrow_model(head_scale=5)
 
 
 def test_step_changes_only_fusion_qkv(narrow) -> None:
@@ -285,7 +271,7 @@ def test_attention_bootstrap_paths_agree() -> None:
     one = gaussian_kl(m["va"], d["va"], m["aa"], d["aa"]) + gaussian_kl(m["av"], d["av"], m["vv"], d["vv"])
     single = attention_bootstrap_loss(q[:1].detach(), k[:1].detach(), 25, via="moments")
     torch.testing.assert_close(single, one, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="adapt/abpem.py"):
+    with pytest.raises(ValueError, match="adapt/methods/abpem.py"):
         attention_bootstrap_loss(q, k, 25, via="heads")
 
 
@@ -294,5 +280,5 @@ def test_attention_bootstrap_paths_agree() -> None:
     [{"cache_size": 0}, {"prime_ent_k": 0}, {"cache_batches": 0}, {"score": "mid"}, {"attn_weight": float("nan")}],
 )
 def test_config_errors_name_the_value(bad: dict) -> None:
-    with pytest.raises(ValueError, match="adapt/abpem.py"):
+    with pytest.raises(ValueError, match="adapt/methods/abpem.py"):
         ABPEMConfig(**bad)

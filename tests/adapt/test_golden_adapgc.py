@@ -1,4 +1,4 @@
-"""AdaPGC (adapt/adapgc.py) against the official golden run (../shared/golden/more/adapgc.npz), and its behaviour.
+"""AdaPGC (adapt/methods/adapgc.py) vs the official golden run (../shared/golden/more/adapgc.npz), and its behaviour.
 
 Golden variants (golden/more/adapgc.md): ``adapgc`` (the release: EMA shadows of the fusion q/k/v start random; we
 copy the stored values in), ``adapgc_emafix`` (our default: the EMA starts from the loaded weights) and
@@ -8,12 +8,11 @@ copy the stored values in), ``adapgc_emafix`` (our default: the EMA starts from 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from avtta.adapt.methods.adapgc import AdaPGC, AdaPGCConfig, GaussianClassModel, symmetric_kl
+from avtta.adapt.testing import narrow_model, relative_error
 from avtta.models import create_model
 
 TOL = 1e-4  # golden/more/adapgc.md: logits, features, Gaussian states, losses, D to 1e-4 relative to their scale
@@ -25,31 +24,12 @@ STEP_KEYS = ("pre_logits", "ema_logits", "gmm_logits", "gmm_a_logits", "gmm_v_lo
 
 
 @pytest.fixture(scope="module")
-def gold(golden: Path) -> dict:
-    more = golden / "more"
-    if not (more / "adapgc.npz").exists():
-        pytest.skip("../shared/golden/more/adapgc.npz is absent")
-    inputs = np.load(golden / "inputs.npz")
-
-    def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(torch.from_numpy(inputs[f"{prefix}_{m}"].astype(np.float32)) for m in ("audio", "video"))
-
-    ref = np.load(more / "adapgc.npz")
-    return {
-        "ref": {k: ref[k] for k in ref.files},
-        "test1": pair("test1"),
-        "test2": pair("test2"),
-        "weights": more / "weights_released_layout_head5.pth",
-    }
+def gold(golden_more) -> dict:
+    return golden_more("adapgc", "weights_released_layout_head5.pth")
 
 
 def _model(gold: dict) -> torch.nn.Module:
-    return create_model("cav_mae_ft_base", num_classes=50, embed_dim=32, num_heads=2, checkpoint=gold["weights"])
-
-
-def _rel(ours: torch.Tensor, ref: np.ndarray) -> float:
-    ref_t = torch.from_numpy(np.asarray(ref)).float()
-    return float((ours.detach().float().cpu() - ref_t).abs().max() / ref_t.abs().max())
+    return narrow_model(gold["weights"])
 
 
 def _split(name: str) -> tuple[str, int | None]:
@@ -104,12 +84,12 @@ def run(request, gold: dict) -> dict:
 def test_scored_logits_and_intermediates_match(run: dict, gold: dict) -> None:
     ref, v = gold["ref"], run["variant"]
     for step, ours in enumerate(run["logits"], start=1):
-        assert _rel(ours, ref[f"{v}/step{step}_logits"]) < TOL, f"{v} step {step} logits"
+        assert relative_error(ours, ref[f"{v}/step{step}_logits"]) < TOL, f"{v} step {step} logits"
         info = run["steps"][step - 1]
         for key in STEP_KEYS:
-            assert _rel(info[key], ref[f"{v}/step{step}/{key}"]) < TOL, f"{v} step {step} {key}"
+            assert relative_error(info[key], ref[f"{v}/step{step}/{key}"]) < TOL, f"{v} step {step} {key}"
         for key in ("D_a", "D_v"):
-            assert _rel(info[key], ref[f"{v}/step{step}/{key}"]) < TOL, f"{v} step {step} {key}"
+            assert relative_error(info[key], ref[f"{v}/step{step}/{key}"]) < TOL, f"{v} step {step} {key}"
         # the InfoNCE directions (adapgc.md: every |D_a - D_v| / (D_a + D_v) >= 0.048, far from the threshold)
         assert info["v2a_mask"].tolist() == ref[f"{v}/step{step}/v2a_mask"].tolist()
 
@@ -119,12 +99,12 @@ def test_gaussian_states_match(run: dict, gold: dict) -> None:
     for key, gaussian in run["method"].gaussians.items():
         state = gaussian.state_dict()
         prefix = f"{v}/after_step2/gmm_{key}"
-        assert _rel(state["log_weights"].exp(), ref[f"{prefix}/weights"]) < TOL
-        assert _rel(state["means"], ref[f"{prefix}/means"]) < TOL
-        assert _rel(state["covariances"], ref[f"{prefix}/covariances"]) < TOL
-        assert _rel(state["nk"], ref[f"{prefix}/Nk"]) < TOL
-        assert _rel(state["n"].reshape(1), ref[f"{prefix}/N"]) < TOL
-        assert _rel(state["log_det"], ref[f"{prefix}/log_det_cov"]) < TOL
+        assert relative_error(state["log_weights"].exp(), ref[f"{prefix}/weights"]) < TOL
+        assert relative_error(state["means"], ref[f"{prefix}/means"]) < TOL
+        assert relative_error(state["covariances"], ref[f"{prefix}/covariances"]) < TOL
+        assert relative_error(state["nk"], ref[f"{prefix}/Nk"]) < TOL
+        assert relative_error(state["n"].reshape(1), ref[f"{prefix}/N"]) < TOL
+        assert relative_error(state["log_det"], ref[f"{prefix}/log_det_cov"]) < TOL
 
 
 def test_trained_parameters_and_ema_match(run: dict, gold: dict) -> None:
@@ -281,7 +261,7 @@ def test_state_on_model_device_in_fp32(gold: dict) -> None:
 
 def test_config_is_validated() -> None:
     for bad in ({"ema_init": "zeros"}, {"tau": 0.0}, {"w_c": -1.0}, {"gmm_alpha": 1.0}, {"gamma": float("inf")}):
-        with pytest.raises(ValueError, match="adapt/adapgc.py"):
+        with pytest.raises(ValueError, match="adapt/methods/adapgc.py"):
             AdaPGCConfig(**bad)
     assert AdaPGC.presets["vggsound"] == {"w_c": 1.0, "gamma": 0.1}
     assert AdaPGCConfig(**AdaPGC.presets["vggsound"]).gamma == 0.1

@@ -8,13 +8,10 @@ x30 weights, rank 8 on the width-32 model (golden patch D1), initial adapters co
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 from avtta.adapt.methods.dasp import DASP, DASPConfig
-from avtta.models import create_model
+from avtta.adapt.testing import narrow_model, relative_error
 
 TOL = 1e-4  # golden README: 1e-4 relative to the scale of what is compared
 RANK = 8  # the golden's rank on the narrow model (dasp.md, patch D1)
@@ -40,28 +37,12 @@ IN_GRAPH = {
 
 
 @pytest.fixture(scope="module")
-def gold(golden: Path) -> dict:
-    inputs = np.load(golden / "inputs.npz")
-
-    def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(torch.from_numpy(inputs[f"{prefix}_{m}"].astype(np.float32)) for m in ("audio", "video"))
-
-    ref = np.load(golden / "more" / "dasp.npz")
-    return {
-        "ref": {k: ref[k] for k in ref.files},
-        "test1": pair("test1"),
-        "test2": pair("test2"),
-        "weights": golden / "weights_released_layout.pth",
-    }
+def gold(golden_more) -> dict:
+    return golden_more("dasp")
 
 
 def _model(gold: dict) -> torch.nn.Module:
-    return create_model("cav_mae_ft_base", num_classes=50, embed_dim=32, num_heads=2, checkpoint=gold["weights"])
-
-
-def _rel(ours: torch.Tensor, ref: np.ndarray) -> float:
-    ref_t = torch.from_numpy(np.asarray(ref)).float()
-    return float((ours.detach().float().cpu() - ref_t).abs().max() / ref_t.abs().max())
+    return narrow_model(gold["weights"])
 
 
 def _load_initial(method: DASP, ref: dict, variant: str) -> None:
@@ -101,7 +82,7 @@ def test_dasp_scored_logits_and_branches_match_golden(variant: str, runs: dict, 
     branches = VARIANTS[variant][2:]
     for step, (ours, last) in enumerate(zip(run["logits"], run["lasts"], strict=True), start=1):
         key = f"{variant}/step{step}"
-        assert _rel(ours, ref[f"{variant}/step{step}_logits"]) < TOL, f"{key} scored logits"
+        assert relative_error(ours, ref[f"{variant}/step{step}_logits"]) < TOL, f"{key} scored logits"
         # scores are fp32 reductions of O(1) cosines: rounding ~1e-7; the branch margins are >= 0.007 (dasp.md)
         r_a, r_v = ref[f"{key}/r_a_r_v"]
         assert abs(last["r_a"] - r_a) <= 1e-6 and abs(last["r_v"] - r_v) <= 1e-6, key
@@ -112,8 +93,8 @@ def test_dasp_scored_logits_and_branches_match_golden(variant: str, runs: dict, 
         for name, expect in (("div", div), ("ent", ent), ("kl", kl), ("total", ref[f"{key}/loss_total"][0])):
             assert abs(float(last[name]) - float(expect)) <= 1e-5, (key, name)
         if last["branch"] is not None:
-            assert _rel(last["logits_ref"], ref[f"{key}/logits_ref"]) < TOL, key
-            assert _rel(last["logits_ply"], ref[f"{key}/logits_ply"]) < TOL, key
+            assert relative_error(last["logits_ref"], ref[f"{key}/logits_ref"]) < TOL, key
+            assert relative_error(last["logits_ply"], ref[f"{key}/logits_ply"]) < TOL, key
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -226,7 +207,7 @@ def test_dasp_predict_does_not_update(gold: dict, runs: dict) -> None:
 
 def test_dasp_config_validation_and_presets(gold: dict) -> None:
     for bad in ({"delta": -1.0}, {"lambda_ent": float("nan")}, {"rank": 0}, {"std_ratio": 1.0}, {"prob_eps": 0.7}):
-        with pytest.raises(ValueError, match="adapt/dasp.py"):
+        with pytest.raises(ValueError, match="adapt/methods/dasp.py"):
             DASPConfig(**bad)
     with pytest.raises(ValueError, match="exceeds the model width"):
         DASP(_model(gold), DASPConfig(rank=64))

@@ -1,4 +1,4 @@
-"""PTA (adapt/pta.py) against the official code's golden run (../shared/golden/more/pta.npz), and its behaviour.
+"""PTA (adapt/methods/pta.py) against the official code's golden run (../shared/golden/more/pta.npz), and its behaviour.
 
 Golden variants: ``pta`` (the release's loss, plus the two fixes it needs to run) and ``pta_paper`` (the paper's
 loss, our default). Two online steps (generator reseeded 100 then 101; PTA draws nothing) on the narrow model.
@@ -7,12 +7,12 @@ loss, our default). Two online steps (generator reseeded 100 then 101; PTA draws
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from avtta.adapt.methods.pta import PTA, PTAConfig, bias_partition, mmd_rbf, quantile_rank
+from avtta.adapt.testing import narrow_model, relative_error
 from avtta.models import create_model
 
 TOL = 1e-4  # golden/README.md: fp32 on CPU with other kernels agrees to ~1e-5 relative; test at 1e-4
@@ -21,31 +21,12 @@ QKV = ("q", "k", "v")
 
 
 @pytest.fixture(scope="module")
-def gold(golden: Path) -> dict:
-    more = golden / "more"
-    if not (more / "pta.npz").exists():
-        pytest.skip("../shared/golden/more/pta.npz is absent")
-    inputs = np.load(golden / "inputs.npz")
-
-    def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(torch.from_numpy(inputs[f"{prefix}_{m}"].astype(np.float32)) for m in ("audio", "video"))
-
-    ref = np.load(more / "pta.npz")
-    return {
-        "ref": {k: ref[k] for k in ref.files},
-        "test1": pair("test1"),
-        "test2": pair("test2"),
-        "weights": golden / "weights_released_layout.pth",
-    }
+def gold(golden_more) -> dict:
+    return golden_more("pta")
 
 
 def _model(gold: dict) -> torch.nn.Module:
-    return create_model("cav_mae_ft_base", num_classes=50, embed_dim=32, num_heads=2, checkpoint=gold["weights"])
-
-
-def _rel(ours: torch.Tensor, ref: np.ndarray) -> float:
-    ref_t = torch.from_numpy(np.asarray(ref)).float()
-    return float((ours.detach().float().cpu() - ref_t).abs().max() / ref_t.abs().max())
+    return narrow_model(gold["weights"])
 
 
 def _rows(fused: torch.Tensor, which: str) -> torch.Tensor:
@@ -72,7 +53,7 @@ def run(request, gold: dict) -> dict:
 def test_scored_logits_match(run: dict, gold: dict) -> None:
     ref, v = gold["ref"], run["variant"]
     for step, ours in enumerate(run["logits"], start=1):
-        assert _rel(ours, ref[f"{v}/step{step}_logits"]) < TOL, f"{v} step {step}"
+        assert relative_error(ours, ref[f"{v}/step{step}_logits"]) < TOL, f"{v} step {step}"
 
 
 def test_partition_ranks_and_losses_match(run: dict, gold: dict) -> None:
@@ -86,8 +67,8 @@ def test_partition_ranks_and_losses_match(run: dict, gold: dict) -> None:
         # The reference's squared distances come from fp32 cdist sums over H N^2 = 1.0 M values (4e-4 relative
         # error on a distance, against float64); ours from a centred Gram matrix (6e-5). On the MMD that is 2.1e-5
         # relative (measured), so 1e-4 still holds with a 5x margin.
-        assert _rel(info["loss_attn"], ref[f"{v}/step{step}_loss_attn"]) < TOL, f"{v} step {step} MMD"
-        assert _rel(info["loss_total"], ref[f"{v}/step{step}_loss_total"]) < TOL, f"{v} step {step} loss"
+        assert relative_error(info["loss_attn"], ref[f"{v}/step{step}_loss_attn"]) < TOL, f"{v} step {step} MMD"
+        assert relative_error(info["loss_total"], ref[f"{v}/step{step}_loss_total"]) < TOL, f"{v} step {step} loss"
 
 
 def test_trained_parameters_match(run: dict, gold: dict) -> None:
@@ -183,7 +164,7 @@ def test_one_step_changes_only_the_fusion_qkv(gold: dict) -> None:
     assert {k for k, v in model.named_parameters() if v.requires_grad} == changed
     # the scored logits reuse the frozen stacks' outputs: they equal a full forward of the updated model (float-level
     # differences: written-out attention vs timm's fused kernel)
-    assert _rel(logits, method.predict(*gold["test1"]).numpy()) < 1e-5
+    assert relative_error(logits, method.predict(*gold["test1"]).numpy()) < 1e-5
 
 
 def test_batch_of_one_scores_without_update(gold: dict) -> None:
@@ -196,19 +177,19 @@ def test_batch_of_one_scores_without_update(gold: dict) -> None:
     # one sample: every predicted class has the average count, no partition (spec item 5 FIX: no update)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # the same weights through the written-out attention vs timm's fused kernel: float-level differences only
-    assert _rel(logits, method.predict(audio, video).numpy()) < 1e-5
+    assert relative_error(logits, method.predict(audio, video).numpy()) < 1e-5
 
 
 def test_score_pre_returns_the_first_forward(gold: dict) -> None:
     ref = gold["ref"]
     method = PTA(_model(gold), PTAConfig(score="pre"))
     logits = method.step(*gold["test1"])
-    assert _rel(logits, ref["pta_paper/step1_pre_update_logits"]) < TOL
+    assert relative_error(logits, ref["pta_paper/step1_pre_update_logits"]) < TOL
 
 
 def test_config_is_validated() -> None:
     for bad in ({"loss": "mine"}, {"score": "late"}, {"ent_weight": -1.0}, {"mmd_weight": float("nan")}):
-        with pytest.raises(ValueError, match="adapt/pta.py"):
+        with pytest.raises(ValueError, match="adapt/methods/pta.py"):
             PTAConfig(**bad)
     assert PTAConfig().loss == "paper"
     assert set(PTA.presets) == {"ks50", "vggsound"}

@@ -11,12 +11,11 @@ import copy
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from avtta.adapt.methods.sumi import SuMi, SuMiConfig, mutual_information, range_filter
-from avtta.models import create_model
+from avtta.adapt.testing import golden_batches, load_npz, narrow_model, relative_error, smooth_batch
 
 # README metric: max |ours - ref| / max |ref| per compared tensor set. Both sides are fp32 on CPU with different
 # attention kernels and summation orders (measured: logits 3.5e-7, parameters 6e-8 absolute at scale 1).
@@ -42,16 +41,11 @@ UNIMODAL_ONLY = {
 @pytest.fixture(scope="module")
 def gold(golden: Path) -> dict:
     more = golden / "more"
-    out = np.load(more / "sumi.npz")
-    inputs = np.load(golden / "inputs.npz")
-
-    def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(torch.from_numpy(inputs[f"{prefix}_{m}"].astype(np.float32)) for m in ("audio", "video"))
-
+    batches = golden_batches(golden)
     return {
-        "out": {k: out[k] for k in out.files},
-        "test1": pair("test1"),
-        "test2": pair("test2"),
+        "out": load_npz(more / "sumi.npz"),
+        "test1": batches["test1"],
+        "test2": batches["test2"],
         "weights": {
             "sumi": more / "weights_released_layout_head5.pth",
             "sumi_late": more / "weights_released_layout_head5.pth",
@@ -61,12 +55,7 @@ def gold(golden: Path) -> dict:
 
 
 def _model(weights: Path) -> torch.nn.Module:
-    return create_model("cav_mae_ft_base", num_classes=C, embed_dim=32, num_heads=2, checkpoint=weights)
-
-
-def _rel(ours: torch.Tensor, ref: np.ndarray) -> float:
-    ref_t = torch.from_numpy(np.asarray(ref)).float()
-    return float((ours.detach().float().cpu() - ref_t).abs().max() / ref_t.abs().max())
+    return narrow_model(weights)
 
 
 def _run(gold: dict, variant: str, **config) -> tuple[SuMi, dict, list[dict]]:
@@ -90,7 +79,7 @@ def test_sumi_matches_official_run(gold: dict, variant: str, kl_log_space: bool)
     for step, record in enumerate(steps, start=1):
         # filter memberships first: they localise a failure (margins >= 1.2e-3 of a range, >= 0.3 nats: sumi.md)
         assert record["selected"].tolist() == out[f"{variant}/step{step}_selected"].tolist(), f"step {step} selected"
-        assert _rel(record["logits"], out[f"{variant}/step{step}_logits"]) < TOL, f"step {step} logits"
+        assert relative_error(record["logits"], out[f"{variant}/step{step}_logits"]) < TOL, f"step {step} logits"
 
     params = dict(method.model.named_parameters())
     assert len(method.named_params) == 284
@@ -137,27 +126,26 @@ def test_sumi_logits_moved_from_source(gold: dict) -> None:
     """The parity test can fail: adapted logits are > 10 x TOL from the frozen model's (sumi.md: 3.6e-2, 6.9e-2)."""
     out = gold["out"]
     for step in (1, 2):
-        assert _rel(torch.from_numpy(out[f"sumi/step{step}_logits"]), out[f"sumi/source_test{step}_logits"]) > 10 * TOL
+        assert (
+            relative_error(torch.from_numpy(out[f"sumi/step{step}_logits"]), out[f"sumi/source_test{step}_logits"])
+            > 10 * TOL
+        )
     with torch.no_grad():
         source = _model(gold["weights"]["sumi"])(*gold["test1"], mode="multimodal")
-    assert _rel(source, out["sumi/source_test1_logits"]) < TOL
+    assert relative_error(source, out["sumi/source_test1_logits"]) < TOL
 
 
 # ---------------------------------------------------------------------- behaviour (no golden needed)
+
+
 def _batch(seed: int, n: int = B) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    audio = torch.nn.functional.interpolate(torch.randn(n, 1, 16, 8, generator=gen), size=(1024, 128), mode="bilinear")
-    video = torch.nn.functional.interpolate(torch.randn(n, 3, 14, 14, generator=gen), size=(224, 224), mode="bilinear")
-    return audio[:, 0], video
+    return smooth_batch(seed, n)
 
 
 @pytest.fixture(scope="module")
 def narrow() -> torch.nn.Module:
     # classifier x5 as the golden model: with x30 the unimodal entropies are below tau_u and nothing is selected
-    model = create_model("cav_mae_ft_base", num_classes=C, embed_dim=32, num_heads=2)
-    with torch.no_grad():
-        model.mlp_head[1].weight.mul_(5)
-    return model
+    return narrow_model(head_scale=5)
 
 
 def test_step_changes_only_layernorms(narrow) -> None:
@@ -302,5 +290,5 @@ def test_bf16_and_scaler_paths(narrow) -> None:
     "bad", [{"iters": 0}, {"iters": 2.5}, {"umu": -1.0}, {"score": "mid"}, {"lamda": float("inf")}]
 )
 def test_config_errors_name_the_value(bad: dict) -> None:
-    with pytest.raises(ValueError, match="adapt/sumi.py"):
+    with pytest.raises(ValueError, match="adapt/methods/sumi.py"):
         SuMiConfig(**bad)

@@ -7,43 +7,24 @@ seeded torch), KS50 settings, the shared x30 weights, zero initial adapters and 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from avtta.adapt.methods.dasp import DASP
 from avtta.adapt.methods.tsa import TSA, TSAConfig
-from avtta.models import create_model
+from avtta.adapt.testing import narrow_model, relative_error
 
 TOL = 1e-4  # golden README: 1e-4 relative to the scale of what is compared
 PARAMS = ("a_adapter", "v_adapter", "weight_adapter")
 
 
 @pytest.fixture(scope="module")
-def gold(golden: Path) -> dict:
-    inputs = np.load(golden / "inputs.npz")
-
-    def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(torch.from_numpy(inputs[f"{prefix}_{m}"].astype(np.float32)) for m in ("audio", "video"))
-
-    ref = np.load(golden / "more" / "tsa.npz")
-    return {
-        "ref": {k: ref[k] for k in ref.files},
-        "test1": pair("test1"),
-        "test2": pair("test2"),
-        "weights": golden / "weights_released_layout.pth",
-    }
+def gold(golden_more) -> dict:
+    return golden_more("tsa")
 
 
 def _model(gold: dict) -> torch.nn.Module:
-    return create_model("cav_mae_ft_base", num_classes=50, embed_dim=32, num_heads=2, checkpoint=gold["weights"])
-
-
-def _rel(ours: torch.Tensor, ref: np.ndarray) -> float:
-    ref_t = torch.from_numpy(np.asarray(ref)).float()
-    return float((ours.detach().float().cpu() - ref_t).abs().max() / ref_t.abs().max())
+    return narrow_model(gold["weights"])
 
 
 def _load_initial(method: TSA, ref: dict) -> None:
@@ -72,8 +53,8 @@ def run(gold: dict) -> dict:
 def test_tsa_scored_logits_match_golden(run: dict, gold: dict) -> None:
     ref = gold["ref"]
     for step, ours in enumerate(run["logits"], start=1):
-        assert _rel(ours, ref[f"tsa/step{step}_logits"]) < TOL, f"step {step} scored logits"
-        assert _rel(run["lasts"][step - 1]["train_logits"], ref[f"tsa/step{step}_train_logits"]) < TOL, step
+        assert relative_error(ours, ref[f"tsa/step{step}_logits"]) < TOL, f"step {step} scored logits"
+        assert relative_error(run["lasts"][step - 1]["train_logits"], ref[f"tsa/step{step}_train_logits"]) < TOL, step
 
 
 def test_tsa_intermediates_match_golden(run: dict, gold: dict) -> None:
@@ -196,7 +177,7 @@ def test_tsa_config_validation_and_presets() -> None:
     for bad in ({"tau": 0.0}, {"conf_threshold": 1.5}, {"loss_coeff": -1.0}, {"precision": "fp8"}):
         with pytest.raises(ValueError, match="adapt/"):
             TSAConfig(**bad)
-    with pytest.raises(TypeError, match="adapt/tsa.py"):
+    with pytest.raises(TypeError, match="adapt/methods/tsa.py"):
         TSAConfig(mask_per_sample=1)
     fields = set(TSAConfig.__dataclass_fields__)
     assert set(TSA.presets) == {"ks50", "vggsound"}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from avtta.adapt.methods.losses import shuffle_patches
+from avtta.adapt.testing import narrow_model, smooth_batch
 from avtta.models import create_model
 
 from avtta import adapt
@@ -21,12 +22,9 @@ SWEEP = {
     "sar": {"e_margin": 1.0, "reset_constant": 0.0},
     "deyo": {"deyo_margin": 1.0, "plpd_threshold": -2.0},
     "brimpr": {"num_samples_source": B},
-    "dasp": {"delta": 0.0},
-    "sumi": {
-        "smoothing": False,
-        "uent_thresh": 0.0,
-        "ment_thresh": 100.0,
-    },  # always take an updating branch (at B=3 the redundancy test may choose none)
+    "dasp": {"delta": 0.0},  # always take an updating branch (at B=3 the redundancy test may choose none)
+    "sumi": {"smoothing": False, "uent_thresh": 0.0, "ment_thresh": 100.0},
+    "audio_assist": {"threshold": 0.0, "consistency": "off", "loss_tolerance": 0.0},
 }
 # Filters closed: no sample is reliable.
 CLOSED = {
@@ -38,19 +36,12 @@ CLOSED = {
 
 
 def _batch(seed: int, n: int = B) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    # smooth fields (coarse noise upsampled), so DeYO's patch shuffling changes the input's content
-    audio = torch.nn.functional.interpolate(torch.randn(n, 1, 16, 8, generator=gen), size=(1024, 128), mode="bilinear")
-    video = torch.nn.functional.interpolate(torch.randn(n, 3, 14, 14, generator=gen), size=(224, 224), mode="bilinear")
-    return audio[:, 0], video
+    return smooth_batch(seed, n)
 
 
 @pytest.fixture(scope="module")
 def narrow() -> torch.nn.Module:
-    model = create_model("cav_mae_ft_base", num_classes=C, embed_dim=32, num_heads=2)
-    with torch.no_grad():
-        model.mlp_head[1].weight.mul_(30)  # confident predictions, as in the golden model
-    return model
+    return narrow_model(head_scale=30)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +64,9 @@ def _spread_head(model: torch.nn.Module) -> None:
 
 
 PREPARE = {"pta": _spread_head}
+# PTA updates only on a batch whose predictions are imbalanced (a class predicted more often than 1/K of the batch):
+# the sweep batch with its first clip twice, so that two clips share a prediction and the third differs.
+SWEEP_BATCH = {"pta": lambda batch: tuple(x[[0, 0, 1]] for x in batch)}
 
 
 def _make(name: str, model: torch.nn.Module, **config) -> adapt.TTAMethod:
@@ -94,6 +88,7 @@ def _state(method: adapt.TTAMethod) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", METHODS)
 def test_step_changes_only_selected_parameters_and_reset_is_exact(name: str, narrow, batch) -> None:
+    batch = SWEEP_BATCH.get(name, lambda b: b)(batch)
     model = copy.deepcopy(narrow)
     method = _make(name, model, **SWEEP.get(name, {}))
     selected = {n for n, _ in method.named_params}

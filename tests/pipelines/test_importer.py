@@ -467,3 +467,51 @@ def test_wav_formats_follow_the_loader(kinetics_tree, tmp_path, reference_fbank)
     left, _ = sf.read(wav2, dtype="float32")
     np.testing.assert_array_equal(sample.sample.fbank, compute_fbank(left[:, 0]))
     assert sample.sample.metadata["import"]["wav_channels"] == 2
+
+
+def test_audio_assist_on_imported_catalog_with_another_label_space(imported, tmp_path):
+    """audio_assist on the imported set, its pseudo-labels from a separate audio checkpoint with its own classes mapped
+    through a label-map CSV (validated against both class lists); iterations are recorded per sample."""
+    from avtta.adapt.worker import AdaptConfig, run_adaptation
+    from avtta.models.cav_mae import cav_mae_ft_tiny
+    from avtta.models.checkpoint import save_checkpoint
+
+    out, _, _ = imported
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(cav_mae_ft_tiny(num_classes=len(CLASSES)), tmp_path / "tiny.safetensors")
+    audio_classes = ["rope", "stick", "hands", "wind"]
+    labeler = save_checkpoint(cav_mae_ft_tiny(num_classes=len(audio_classes)), tmp_path / "labeler.safetensors")
+    (tmp_path / "audio_classes.txt").write_text("\n".join(audio_classes) + "\n")
+    links = [
+        ("rope", CLASSES[0], 1.0),
+        ("stick", CLASSES[1], 1.0),
+        ("hands", CLASSES[2], 0.5),
+        ("hands", CLASSES[0], 0.5),
+    ]
+    (tmp_path / "map.csv").write_text(
+        "audio_label,video_label,weight\n" + "".join(f"{a},{v},{w}\n" for a, v, w in links)
+    )
+    settings = {
+        "labeler": str(labeler),
+        "labeler_classes": str(tmp_path / "audio_classes.txt"),
+        "label_map": str(tmp_path / "map.csv"),
+        # adapt every clip and stop on the maximum only (a random model's views agree at once), so the cycle runs
+        "threshold": 0.0,
+        "consistency": "off",
+        "loss_tolerance": 0.0,
+    }
+    cfg = AdaptConfig(
+        catalog=str(out), dataset="ks50", checkpoint=str(ckpt), protocol="video", corruptions=("fog",),
+        severity=(3,), methods=("audio_assist",), seeds=(1,), batch_size=4, num_workers=0, device="cpu",
+        out=str(tmp_path / "run"), progress=False, quiet=True, method_config={"audio_assist": settings},
+    )  # fmt: skip
+    rows = run_adaptation(cfg)
+    assert rows[0]["samples"] == len(IDS) - 1 and rows[0]["iterations_mean"] >= 1
+    samples = pq.read_table(tmp_path / "run" / "samples.parquet").to_pylist()
+    assert len(samples) == len(IDS) - 1 and all(1 <= r["iterations"] <= 5 for r in samples)
+
+    # an unknown label in the map is an error naming the label and the file
+    (tmp_path / "bad.csv").write_text(f"audio_label,video_label,weight\nrope,{CLASSES[0]},1\nrope,curling,1\n")
+    bad = dataclasses.replace(cfg, method_config={"audio_assist": {**settings, "label_map": str(tmp_path / "bad.csv")}})
+    with pytest.raises(ValueError, match=r"curling.*bad\.csv|bad\.csv.*curling"):
+        run_adaptation(bad)
