@@ -30,7 +30,6 @@ from the initial state, so its output depends on the sample (and seed) alone.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -480,15 +479,7 @@ class AudioAssist(TTAMethod):
 
     def _restore_initial(self) -> None:
         """Trained parameters and optimiser back to the snapshot (episodic mode); the view seeds are untouched."""
-        snap = self._snapshot
-        with torch.no_grad():
-            for name, p in self.named_params:
-                p.copy_(snap["params"][name])
-        if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
-        if self.scaler is not None:
-            self.scaler.load_state_dict(copy.deepcopy(snap["scaler"]))
+        self.restore_snapshot()
 
 
 def _num_classes(model: nn.Module) -> int:

@@ -348,6 +348,13 @@ class TTAMethod(abc.ABC):
             seed: optional run seed: the generator is then seeded with it instead of ``config.seed`` (and BriMPR
                 draws its initial prompts from it, like the references' reset after seeding).
         """
+        self.restore_snapshot()
+        self.generator.manual_seed(self.config.seed if seed is None else int(seed))
+        self.reset_state()
+
+    def restore_snapshot(self) -> None:
+        """Trained parameters, optimiser and scaler back to their state at construction (generator and method state
+        untouched; :meth:`reset` restores those too)."""
         snap = self._snapshot
         with torch.no_grad():
             for name, p in self.named_params:
@@ -358,8 +365,6 @@ class TTAMethod(abc.ABC):
             self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
         if self.scaler is not None:
             self.scaler.load_state_dict(copy.deepcopy(snap["scaler"]))
-        self.generator.manual_seed(self.config.seed if seed is None else int(seed))
-        self.reset_state()
 
     def reseed(self, seed: int) -> None:
         """Reseed the method's generator (the golden runs reseed 100 before step 1 and 101 before step 2)."""
