@@ -37,3 +37,35 @@ def golden_more(golden):
         }
 
     return load
+
+
+@pytest.fixture(scope="session")
+def toy_catalog(tmp_path_factory, small_videos):
+    """``toy_catalog(specs, waveform=False)``: a tiny real catalog of dataset ``toy`` (clean train + test sets of
+    ``specs``), built once per distinct argument set."""
+    from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
+
+    built: dict = {}
+
+    def build(specs: tuple[str, ...], waveform: bool = False):
+        if (specs, waveform) not in built:
+            out = tmp_path_factory.mktemp("catalog")
+            common = dict(
+                videos=str(small_videos), out=str(out), dataset="toy", frames=2, shard_size=4, workers=0, progress=False
+            )
+            run_shard_job(ShardJobConfig(split="train", corrupt=("none",), **common))
+            run_shard_job(ShardJobConfig(split="test", corrupt=specs, waveform=waveform, **common))
+            built[(specs, waveform)] = out
+        return built[(specs, waveform)]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A random ``cav_mae_ft_tiny`` (2 classes) saved as an avtta checkpoint."""
+    from avtta.models import create_model, save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(create_model("cav_mae_ft_tiny", num_classes=2), path)
+    return path

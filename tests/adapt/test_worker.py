@@ -18,24 +18,8 @@ SPECS = ("none", "video:gaussian_noise@5", "video:fog@5", "audio:gaussian_noise@
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory, small_videos):
-    out = tmp_path_factory.mktemp("catalog")
-    common = dict(
-        videos=str(small_videos), out=str(out), dataset="toy", frames=2, shard_size=4, workers=0, progress=False
-    )
-    run_shard_job(ShardJobConfig(split="train", corrupt=("none",), **common))
-    run_shard_job(ShardJobConfig(split="test", corrupt=SPECS, **common))
-    return out
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from avtta.models import create_model, save_checkpoint
-
-    model = create_model("cav_mae_ft_tiny", num_classes=2)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(model, path)
-    return path
+def catalog(toy_catalog):
+    return toy_catalog(SPECS)
 
 
 def cfg(catalog, checkpoint, out, **kw):

@@ -6,31 +6,14 @@ import pyarrow.parquet as pq
 import pytest
 from avtta.adapt.worker import AdaptConfig, resolve_conditions, run_adaptation
 from avtta.manifests import Catalog
-from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
 
 SPECS = ("none", "video:gaussian_noise@5", "video:fog@5", "audio:gaussian_noise@5", "audio:rain@5", "av:gaussian@5")
 TIMING = ("seconds", "samples_per_s")  # wall-clock columns: the only ones allowed to differ
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory, small_videos):
-    out = tmp_path_factory.mktemp("catalog")
-    common = dict(
-        videos=str(small_videos), out=str(out), dataset="toy", frames=2, shard_size=4, workers=0, progress=False
-    )
-    run_shard_job(ShardJobConfig(split="train", corrupt=("none",), **common))
-    run_shard_job(ShardJobConfig(split="test", corrupt=SPECS, waveform=True, **common))
-    return out
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from avtta.models import create_model, save_checkpoint
-
-    model = create_model("cav_mae_ft_tiny", num_classes=2)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(model, path)
-    return path
+def catalog(toy_catalog):
+    return toy_catalog(SPECS, waveform=True)
 
 
 def cfg(catalog, checkpoint, out, **kw) -> AdaptConfig:
