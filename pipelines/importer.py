@@ -522,6 +522,7 @@ class ImportTask:
     waveform: bool
     out: str
     target: SetTarget
+    endpoint: str | None = None  # the S3 endpoint of the driver, for workers on other nodes (not a secret)
 
 
 @dataclass
@@ -535,6 +536,7 @@ class ImportReport:
 def process_import_task(task: ImportTask) -> ImportReport:
     """Import one chunk: each entry -> a sample in the chunk's shard or a failure row; then the part file."""
     report = ImportReport(task.index, task.relpath)
+    storage.set_endpoint(task.endpoint)
     with setjob.single_threaded(), ChunkOutput(task.out, task.index, [task.target]) as chunk:
         for key, entry, error in task.entries:
             try:
@@ -663,7 +665,18 @@ def plan_import(cfg: ImportConfig) -> tuple[list[ImportTask], list[ImportSet], L
             chunks.setdefault(chunk_of[(s.split, item[0])], []).append(item)
         for index in sorted(chunks):
             tasks.append(
-                ImportTask(index, rel, s.spec, chunks[index], labels, frame_ids, cfg.waveform, cfg.out, target)
+                ImportTask(
+                    index,
+                    rel,
+                    s.spec,
+                    chunks[index],
+                    labels,
+                    frame_ids,
+                    cfg.waveform,
+                    cfg.out,
+                    target,
+                    storage.endpoint_url(),
+                )
             )
     return tasks, sets, labels, targets
 

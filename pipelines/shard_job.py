@@ -83,6 +83,7 @@ class ChunkTask:
     targets: list[tuple[CorruptionSpec, SetTarget]]  # every set of the job
     out: str
     config: ShardJobConfig
+    endpoint: str | None = None  # the S3 endpoint of the driver, for workers on other nodes (not a secret)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class ChunkReport:
 
 def process_chunk(task: ChunkTask) -> ChunkReport:
     """Decode each clip of the chunk once and write its samples into every target set's shard."""
+    storage.set_endpoint(task.endpoint)
     with setjob.single_threaded():
         return _process_chunk(task)
 
@@ -249,7 +251,7 @@ def plan_job(
         fp = setjob.fingerprint({**common, "spec": str(spec)})
         targets.append((spec, SetTarget(rel, fp, {"spec": str(spec)})))
     tasks = [
-        ChunkTask(i, clips[start : start + cfg.shard_size], targets, cfg.out, cfg)
+        ChunkTask(i, clips[start : start + cfg.shard_size], targets, cfg.out, cfg, storage.endpoint_url())
         for i, start in enumerate(range(0, len(clips), cfg.shard_size))
     ]
     return tasks, targets, classes

@@ -239,7 +239,7 @@ class S3Server:
             return
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=15)
+            self.proc.wait(timeout=5)  # weed shuts down gracefully in ~1 s, or waits for clients much longer
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
