@@ -99,15 +99,31 @@ def _info(i: int) -> ShardSetInfo:
 
 
 def test_catalog_rebuilds_at_once_lose_no_set(s3_bucket, monkeypatch):
-    """Eight writers finish their set at the same moment and all rebuild the catalog: none is lost."""
-    n, gate = 8, threading.Barrier(8)
-    errors = []
+    """Eight writers finish their sets at staggered moments and rebuild the catalog at once: none is lost.
+
+    The earliest writer reads its listing's set.json files slowest, so without the re-listing its table (naming only
+    the sets that existed when it listed) would land last and drop the others: the race two jobs have for real.
+    """
+    from avtta.manifests import tables
+
+    n, gate, errors = 8, threading.Barrier(8), []
+    delay = threading.local()
+    build = tables._catalog_table
+
+    def slow_build(root, listing):
+        time.sleep(getattr(delay, "seconds", 0.0))
+        return build(root, listing)
+
+    monkeypatch.setattr(tables, "_catalog_table", slow_build)
+    write_catalog(s3_bucket)  # the S3 client exists before the threads start (its creation would hold them all)
 
     def finish(i: int) -> None:
         try:
             info = _info(i)
-            write_json(info.to_json(), storage.join(s3_bucket, info.path, SET_FILE))
             gate.wait()
+            time.sleep(0.25 * i)  # set i is finished 0.25 s after set i-1
+            delay.seconds = 0.5 * (n - i)  # ... and its writer reads the listing faster than the writer of i-1
+            write_json(info.to_json(), storage.join(s3_bucket, info.path, SET_FILE))
             write_catalog(s3_bucket)
         except Exception as e:  # noqa: BLE001 - re-raised below, in the test's thread
             errors.append(e)
