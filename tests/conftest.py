@@ -234,10 +234,11 @@ class S3Server:
         self._client().create_bucket(Bucket=name)
         return name
 
-    def stop(self) -> None:
+    def stop(self, crash: bool = False) -> None:
+        """Stop the server (``crash``: SIGKILL at once, as a lost machine; else SIGTERM, then SIGKILL after 5 s)."""
         if self.proc is None:
             return
-        self.proc.terminate()
+        self.proc.kill() if crash else self.proc.terminate()
         try:
             self.proc.wait(timeout=5)  # weed shuts down gracefully in ~1 s, or waits for clients much longer
         except subprocess.TimeoutExpired:
@@ -280,7 +281,7 @@ def s3_server(tmp_path_factory):
     try:
         yield server
     finally:
-        server.stop()
+        server.stop(crash=True)  # its data is thrown away: no need to wait for a graceful shutdown
 
 
 @pytest.fixture
