@@ -235,3 +235,28 @@ def test_server_stopped_midway_then_rerun(small_videos, s3_server, s3_bucket, tm
     assert res.returncode == 0, res.stderr[-2000:]
     assert "chunks resumed" in res.stdout
     assert bucket_digests(out) == local_digests(reference)  # every sample exactly once, the undisturbed bytes
+
+
+@pytest.mark.slow
+def test_two_node_cluster_without_shared_folder_to_s3(small_videos, s3_bucket, local_run):
+    """`avtta shard --ray-address` on 2 nodes with their own temp dirs, videos and output on S3: the local bytes.
+
+    The nodes have the credentials in their environment (each node's standard place) but no endpoint: it comes from
+    the driver's --s3-endpoint, carried by the tasks.
+    """
+    from tests.conftest import RayCluster
+
+    videos = storage.join(s3_bucket, "videos")
+    upload_tree(small_videos, videos)
+    endpoint = os.environ.pop("AVTTA_S3_ENDPOINT")  # s3_bucket's monkeypatch restores it
+    cluster = RayCluster(port=int(os.environ.get("AVTTA_TEST_RAY_PORT", "6390")) + 7)
+    try:
+        address = cluster.start()
+        out = storage.join(s3_bucket, "cluster")
+        res = cli("--s3-endpoint", endpoint, *shard_args(videos, out), "--ray-address", address, timeout=600)
+    finally:
+        cluster.stop()
+        os.environ["AVTTA_S3_ENDPOINT"] = endpoint
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 workers" in res.stderr  # one on each node
+    assert bucket_digests(out) == local_run
