@@ -260,3 +260,39 @@ def test_two_node_cluster_without_shared_folder_to_s3(small_videos, s3_bucket, l
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 workers" in res.stderr  # one on each node
     assert bucket_digests(out) == local_run
+
+
+def test_video_inputs_from_s3_prefix_and_url_list(small_videos, s3_bucket):
+    """--videos s3://prefix/ and a CSV list on S3 (relative paths and full URLs) give the local input's clips."""
+    from avtta.pipelines.inputs import list_inputs
+
+    videos = storage.join(s3_bucket, "in", "videos")
+    upload_tree(small_videos, videos)
+    local, local_classes = list_inputs(small_videos)
+    remote, remote_classes = list_inputs(videos + "/")
+    assert remote_classes == local_classes
+    assert [(c.key, c.source, c.labels) for c in remote] == [(c.key, c.source, c.labels) for c in local]
+    assert {c.path for c in remote} == {storage.join(videos, c.source) for c in local}
+    labels = storage.join(s3_bucket, "in", "labels.csv")
+    storage.atomic_write(labels, "index,mid,display_name\n0,cat,cat\n1,dog,dog\n")
+    rows = "path,label\nvideos/cat/vid00.mp4,cat\n" + f"{storage.join(videos, 'dog', 'vid01.mp4')},dog\n"
+    listed = storage.join(s3_bucket, "in", "list.csv")
+    storage.atomic_write(listed, rows)
+    clips, _ = list_inputs(listed, labels)
+    assert sorted((c.key, c.source, c.labels) for c in clips) == [
+        ("vid00", "videos/cat/vid00.mp4", (0,)),
+        ("vid01", "videos/dog/vid01.mp4", (1,)),
+    ]
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        list_inputs(storage.join(s3_bucket, "nothing-here"))
+
+
+def test_contact_sheet_from_and_to_s3(small_videos, s3_bucket, tmp_path):
+    from avtta.pipelines.preview import contact_sheet
+
+    video = small_videos / "cat" / "vid00.mp4"
+    remote_video = storage.join(s3_bucket, "v", "vid00.mp4")
+    storage.upload(video, remote_video)
+    contact_sheet(video, tmp_path / "grid.png", cell=32)
+    contact_sheet(remote_video, storage.join(s3_bucket, "grid.png"), cell=32)
+    assert storage.read_bytes(storage.join(s3_bucket, "grid.png")) == (tmp_path / "grid.png").read_bytes()
