@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from . import storage
+
 log = logging.getLogger(__name__)
 
 MAX_GAP = 1 << 20  # merge two wanted ranges of one shard when at most 1 MiB apart: one GET costs more than 1 MiB on
@@ -39,19 +41,26 @@ MAX_GAP = 1 << 20  # merge two wanted ranges of one shard when at most 1 MiB apa
 STREAM_BLOCK = 8 << 20  # bytes per GET of the stream mode's sequential reads
 _DOWNLOAD_BLOCK = 8 << 20
 
-__all__ = ["MAX_GAP", "FetchConfig", "RangeFetcher", "ShardCache", "coalesce", "is_remote", "open_stream"]
+__all__ = [
+    "MAX_GAP",
+    "FetchConfig",
+    "RangeFetcher",
+    "ShardCache",
+    "coalesce",
+    "is_remote",
+    "open_stream",
+    "remote_errors",
+]
 
 
 def is_remote(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a URL of a non-local filesystem (``file://`` and plain paths are local)."""
-    text = os.fspath(path)
-    return "://" in text and not text.startswith("file://")
+    return not storage.is_local(path)
 
 
 def local_path(path: str | os.PathLike) -> str:
     """A local path or ``file://`` URL -> the path."""
-    text = os.fspath(path)
-    return text[len("file://") :] if text.startswith("file://") else text
+    return str(storage.local_path(path))
 
 
 @dataclass(frozen=True)
@@ -64,22 +73,15 @@ class FetchConfig:
             download.
         max_gap: ranges of one shard at most this many bytes apart are fetched by one GET.
         block_size: bytes per GET of the stream mode's sequential reads.
-        storage_options: options of the fsspec filesystem (the endpoint URL; never credentials, which come from
-            the standard places in every process).
+
+    The filesystem, its endpoint and the credentials come from :mod:`.storage` in each process (environment and
+    AWS config files), never from here.
     """
 
     cache_dir: str | None = None
     digests: Mapping[str, tuple[int, str]] = field(default_factory=dict)
     max_gap: int = MAX_GAP
     block_size: int = STREAM_BLOCK
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
-
-
-def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
-    """The fsspec filesystem of ``url`` and the path within it (fsspec caches instances per process)."""
-    import fsspec
-
-    return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
 
 
 def coalesce(requests: Sequence[tuple[str, int, int]], max_gap: int) -> list[tuple[str, int, int, list[int]]]:
@@ -112,14 +114,16 @@ class RangeFetcher:
         if not requests:
             return []
         spans = coalesce(requests, self.config.max_gap)
-        fs, _ = filesystem(spans[0][0], self.config.storage_options)
-        paths = [filesystem(p, self.config.storage_options)[1] for p, _, _, _ in spans]
+        fs, _ = storage.resolve(spans[0][0])
+        paths = [storage.resolve(p)[1] for p, _, _, _ in spans]
         self.requests += len(spans)
-        got = fs.cat_ranges(paths, [s for _, s, _, _ in spans], [e for _, _, e, _ in spans], on_error="return")
+        with remote_errors(spans[0][0]):
+            got = fs.cat_ranges(paths, [s for _, s, _, _ in spans], [e for _, _, e, _ in spans], on_error="return")
         out: list[memoryview | None] = [None] * len(requests)
         for (url, start, _, members), data in zip(spans, got, strict=True):
             if isinstance(data, BaseException):
-                raise _fetch_error(url, data) from None
+                with remote_errors(url):
+                    raise data
             view = memoryview(data)
             for j in members:
                 _, offset, size = requests[j]
@@ -133,13 +137,9 @@ class RangeFetcher:
         return out  # type: ignore[return-value]
 
 
-def _fetch_error(url: str, err: BaseException) -> OSError:
-    """One clear error naming the shard URL (the storage library's own message says why)."""
-    if isinstance(err, FileNotFoundError):
-        return FileNotFoundError(f"cannot read shard {url}: it does not exist ({err})")
-    if isinstance(err, PermissionError):
-        return PermissionError(f"cannot read shard {url}: access denied ({err})")
-    return OSError(f"cannot read shard {url}: {type(err).__name__}: {err}")
+def remote_errors(url: str) -> contextlib.AbstractContextManager[None]:
+    """The storage layer's one clear error naming ``url`` (access denied, no such bucket or object, unreachable)."""
+    return storage._remote_errors(url)  # noqa: SLF001 - the storage layer's own translation
 
 
 class ShardCache:
@@ -178,11 +178,10 @@ class ShardCache:
         return str(path)
 
     def _download(self, url: str, path: Path, size: int, sha: str) -> None:
-        fs, rpath = filesystem(url, self.config.storage_options)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         h = hashlib.sha256()
         try:
-            with fs.open(rpath, "rb", block_size=_DOWNLOAD_BLOCK) as src, open(tmp, "wb") as dst:
+            with storage.open_read(url, block_size=_DOWNLOAD_BLOCK) as src, open(tmp, "wb") as dst:
                 for block in iter(lambda: src.read(_DOWNLOAD_BLOCK), b""):
                     h.update(block)
                     dst.write(block)
@@ -195,11 +194,6 @@ class ShardCache:
                     f"{size} bytes, {sha}): it was replaced after the set was written"
                 )
             os.replace(tmp, path)
-        except (OSError, ValueError) as err:
-            tmp.unlink(missing_ok=True)
-            if isinstance(err, ValueError) or str(url) in str(err):
-                raise
-            raise _fetch_error(url, err) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -231,8 +225,6 @@ def open_stream(path: str, config: FetchConfig | None = None, cache: ShardCache 
     if cache is not None and (copy := cache.local(path)) is not None:
         return open(copy, "rb")  # noqa: SIM115
     config = config or FetchConfig()
-    fs, rpath = filesystem(path, config.storage_options)
-    try:
+    fs, rpath = storage.resolve(path)
+    with remote_errors(path):
         return fs.open(rpath, "rb", block_size=config.block_size, cache_type="readahead")
-    except OSError as err:
-        raise _fetch_error(path, err) from None

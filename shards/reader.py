@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from .fetch import FetchConfig, ShardCache, open_stream
+from .fetch import FetchConfig, ShardCache, open_stream, remote_errors
 from .loader import Loader, ReaderConfig, load_image, resolve_pin_memory
 from .schema import FBANK_FIELD, FRAME_FIELD, LABEL_FIELD, META_FIELD, decode_npy
 from .transforms import fill_fbank, fill_image, fixed_frame_index, frame_index, load_fbank
@@ -53,7 +53,7 @@ def _iter_raw(
 ):
     """The raw samples of tar shards, read front to back (local files, cache copies or sequential GETs)."""
     for path in paths:
-        with open_stream(str(path), fetch, cache) as stream:
+        with open_stream(str(path), fetch, cache) as stream, remote_errors(str(path)):
             files = tar_file_expander([{"url": str(path), "stream": stream}], select_files=select)
             yield from group_by_keys(files)
 
