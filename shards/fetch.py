@@ -36,8 +36,10 @@ from . import storage
 
 log = logging.getLogger(__name__)
 
-MAX_GAP = 1 << 20  # merge two wanted ranges of one shard when at most 1 MiB apart: one GET costs more than 1 MiB on
-# loopback and on a cloud object store (tens of ms of latency against ~100 MB/s and more per connection)
+MAX_GAP = 256 << 10  # merge two wanted ranges of one shard when at most 256 KiB apart: one more GET costs about what
+# 256 KiB more of one costs (a few ms of request latency against ~100 MB/s per connection, on loopback and on a cloud
+# object store alike); it spans the frames between a sample's fbank and the frame read (10 frames of 224 px are about
+# 150 KiB), but seldom reaches into the next sample (a fbank alone is 256 KiB)
 STREAM_BLOCK = 8 << 20  # bytes per GET of the stream mode's sequential reads
 _DOWNLOAD_BLOCK = 8 << 20
 
