@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from avtta.corruptions import CorruptionOptions, CorruptionSpec, apply_corruption, corrupts, parse_specs
 from avtta.manifests import ShardSetInfo, set_relpath, write_catalog
+from avtta.shards import storage
 from avtta.shards.loader import decode_rgb, encode_jpeg
 from avtta.shards.schema import JPEG_QUALITY_CLEAN, JPEG_QUALITY_CORRUPTED, SCHEMA_VERSION, SampleRecord
 
@@ -83,6 +83,7 @@ class ChunkTask:
     targets: list[tuple[CorruptionSpec, SetTarget]]  # every set of the job
     out: str
     config: ShardJobConfig
+    endpoint: str | None = None  # the S3 endpoint of the driver, for workers on other nodes (not a secret)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class ChunkReport:
 
 def process_chunk(task: ChunkTask) -> ChunkReport:
     """Decode each clip of the chunk once and write its samples into every target set's shard."""
+    storage.set_endpoint(task.endpoint)
     with setjob.single_threaded():
         return _process_chunk(task)
 
@@ -108,7 +110,9 @@ def _process_chunk(task: ChunkTask) -> ChunkReport:
     cfg = task.config
     report = ChunkReport(index=task.index, clips=len(task.clips))
     pending = [
-        (spec, t) for spec, t in task.targets if not setjob.part_path(Path(task.out) / t.relpath, task.index).exists()
+        (spec, t)
+        for spec, t in task.targets
+        if not storage.exists(setjob.part_path(storage.join(task.out, t.relpath), task.index))
     ]
     if not pending:
         report.skipped = True
@@ -118,7 +122,10 @@ def _process_chunk(task: ChunkTask) -> ChunkReport:
             try:
                 if clip.error:
                     raise setjob.SampleFailure(clip.error)
-                dec = decode_clip(clip.path, num_frames=cfg.frames, frame_size=cfg.frame_size, missing=cfg.missing)
+                with storage.local_copy(clip.path) as local:  # FFmpeg decodes local files: one GET per video
+                    dec = decode_clip(local, num_frames=cfg.frames, frame_size=cfg.frame_size, missing=cfg.missing)
+            except storage.StorageError:
+                raise  # the store is unreachable or refuses us: the job fails (and resumes), no failure row
             except Exception as err:  # noqa: BLE001 - one bad video never kills a job: it becomes a failure row
                 row = failure_row(clip.source, clip.video_id, err, expected=(DecodeError,))
                 for _, t in pending:
@@ -225,8 +232,8 @@ def plan_job(
     clips, classes = list_inputs(cfg.videos, cfg.labels)
     options = asdict(cfg.options)
     for name in ("noise_dir", "crowd_image_dir"):
-        if options.get(name):
-            options[name] = str(Path(options[name]).resolve())
+        if options.get(name) and storage.is_local(options[name]):
+            options[name] = str(storage.local_path(options[name]).resolve())
     common = {
         "schema": SCHEMA_VERSION,
         "clips": [[c.key, c.source, list(c.labels), c.error] for c in clips],
@@ -244,7 +251,7 @@ def plan_job(
         fp = setjob.fingerprint({**common, "spec": str(spec)})
         targets.append((spec, SetTarget(rel, fp, {"spec": str(spec)})))
     tasks = [
-        ChunkTask(i, clips[start : start + cfg.shard_size], targets, cfg.out, cfg)
+        ChunkTask(i, clips[start : start + cfg.shard_size], targets, cfg.out, cfg, storage.endpoint_url())
         for i, start in enumerate(range(0, len(clips), cfg.shard_size))
     ]
     return tasks, targets, classes
@@ -280,7 +287,8 @@ def run_shard_job(cfg: ShardJobConfig) -> JobSummary:
     tasks, targets, classes = plan_job(cfg)
     sets = [t for _, t in targets]
     setjob.start_sets(cfg.out, cfg.dataset, classes, sets)
-    todo = [t for t in tasks if not setjob.chunk_done(cfg.out, (s.relpath for s in sets), t.index)]
+    done = setjob.done_chunks(cfg.out, [s.relpath for s in sets], [t.index for t in tasks])
+    todo = [t for t in tasks if t.index not in done]
     log.info(
         "%d clips in %d chunks x %d shard sets (%d chunks to do)",
         sum(len(t.clips) for t in tasks),

