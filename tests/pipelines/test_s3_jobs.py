@@ -61,3 +61,131 @@ def test_shard_from_and_to_s3_equals_local(small_videos, s3_bucket, local_run):
     assert summary.ok == 6 and summary.failed == 0
     assert bucket_digests(out) == local_run  # every object, byte for byte: shards, parts, manifests, catalog
     assert not Path("s3:").exists()  # the old bug: a local folder named after the scheme
+
+
+def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    full = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "avtta", *args], env=full, capture_output=True, text=True, **kw)
+
+
+def shard_args(videos, out, dataset="toy", *extra: str) -> list[str]:
+    return [
+        "shard",
+        "--videos",
+        str(videos),
+        "--out",
+        str(out),
+        "--dataset",
+        dataset,
+        "--split",
+        "test",
+        "--corrupt",
+        *SPECS,
+        "--frames",
+        "4",
+        "--shard-size",
+        "4",
+        "--seed",
+        "7",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _info(i: int) -> ShardSetInfo:
+    fields = dict(dataset=f"d{i}", split="test", modality="clean", corruption="clean", severity=0, samples=1)
+    fields |= dict(shards=1, bytes=1, failures=0, num_classes=1, num_frames=1, frame_size=16, job="x", seed=0)
+    return ShardSetInfo(path=f"d{i}/test/clean/clean/severity_0", **fields)
+
+
+def test_catalog_rebuilds_at_once_lose_no_set(s3_bucket, monkeypatch):
+    """Eight writers finish their sets at staggered moments and rebuild the catalog at once: none is lost.
+
+    The earliest writer reads its listing's set.json files slowest, so without the re-listing its table (naming only
+    the sets that existed when it listed) would land last and drop the others: the race two jobs have for real.
+    """
+    from avtta.manifests import tables
+
+    n, gate, errors = 8, threading.Barrier(8), []
+    delay = threading.local()
+    build = tables._catalog_table
+
+    def slow_build(root, listing):
+        time.sleep(getattr(delay, "seconds", 0.0))
+        return build(root, listing)
+
+    monkeypatch.setattr(tables, "_catalog_table", slow_build)
+    write_catalog(s3_bucket)  # the S3 client exists before the threads start (its creation would hold them all)
+
+    def finish(i: int) -> None:
+        try:
+            info = _info(i)
+            gate.wait()
+            time.sleep(0.25 * i)  # set i is finished 0.25 s after set i-1
+            delay.seconds = 0.5 * (n - i)  # ... and its writer reads the listing faster than the writer of i-1
+            write_json(info.to_json(), storage.join(s3_bucket, info.path, SET_FILE))
+            write_catalog(s3_bucket)
+        except Exception as e:  # noqa: BLE001 - re-raised below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    table = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(s3_bucket, CATALOG_FILE))))
+    assert sorted(table.column("dataset").to_pylist()) == [f"d{i}" for i in range(n)]
+
+
+def test_two_jobs_at_once_under_one_root(small_videos, s3_bucket, tmp_path):
+    """Two `avtta shard` processes write different sets under one S3 root at the same time; the catalog has both."""
+    videos = storage.join(s3_bucket, "videos")
+    upload_tree(small_videos, videos)
+    out = storage.join(s3_bucket, "shared")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "avtta", *shard_args(videos, out, name, "--workers", "0")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("left", "right")
+    ]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [r[1][-2000:] for r in results]
+    table = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(out, CATALOG_FILE))))
+    assert sorted(table.column("dataset").to_pylist()) == ["left", "left", "right", "right"]
+
+
+def test_secret_never_written_or_logged(small_videos, s3_server, s3_bucket, tmp_path):
+    """A verbose job against the server: the secret is in no written file (local or in the bucket), no log line."""
+    out = storage.join(s3_bucket, "run")
+    res = cli("-v", *shard_args(small_videos, out, "toy", "--workers", "0"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    secret = s3_server.SECRET_KEY.encode()
+    objects = storage.find(s3_bucket)
+    assert len(objects) > 10
+    assert not [u for u in objects if secret in storage.read_bytes(u)]
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and secret in p.read_bytes()]
+    assert secret.decode() not in res.stdout + res.stderr
+
+
+def test_storage_errors_are_one_clear_line(small_videos, s3_server, s3_bucket, tmp_path):
+    cases = [
+        ("s3://avtta-missing-bucket/run", {}, "no such bucket"),
+        (storage.join(s3_bucket, "run"), {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "access denied"),
+        (storage.join(s3_bucket, "run"), {"AVTTA_S3_ENDPOINT": "http://127.0.0.1:9"}, "cannot reach"),
+    ]
+    for out, env, reason in cases:
+        t0 = time.monotonic()
+        res = cli(*shard_args(small_videos, out, "toy", "--workers", "0"), env=env, cwd=tmp_path, timeout=120)
+        assert res.returncode == 2 and time.monotonic() - t0 < 90, res.stderr[-2000:]
+        lines = [line for line in res.stderr.splitlines() if "error" in line]
+        assert len(lines) == 1 and reason in lines[0] and out.split("/run")[0] in lines[0], res.stderr[-2000:]
+        assert "Traceback" not in res.stderr and s3_server.SECRET_KEY not in res.stderr
+    assert not (tmp_path / "s3:").exists()
+    bad = cli("--s3-endpoint", "127.0.0.1:8333", "catalog", s3_bucket)
+    assert bad.returncode == 2 and "--s3-endpoint" in bad.stderr
