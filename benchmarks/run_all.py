@@ -5,7 +5,7 @@ the tables in benchmarks/README.md were measured at. The official-code compariso
 REPO=DIR``, once per official repository (checkouts outside this repository; see benchmarks/README.md). The GPU check
 runs for real when CUDA is present, else as its CPU dry run. Every script runs even when an earlier one fails; the exit
 status says whether any failed. Run inside a loopback-only network namespace (bench_pipeline.py starts Ray; ``make
-bench`` does it).
+bench`` does it; bench_s3.py starts a SeaweedFS server on loopback).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def plan(full: bool, official: list[str], cuda: bool) -> list[tuple[str, list[st
             ("bench_corruptions.py", []),
             ("bench_methods.py", methods),
             ("bench_memory.py", ["--full"]),
+            ("bench_s3.py", []),
             ("gpu_check.py", [] if cuda else ["--cpu-dry-run"]),
         ]
     return [
@@ -34,6 +35,7 @@ def plan(full: bool, official: list[str], cuda: bool) -> list[tuple[str, list[st
         ("bench_corruptions.py", ["--repeats", "1"]),
         ("bench_methods.py", methods),
         ("bench_memory.py", ["--adapt-sizes", "240,2400", "--shard-sizes", "16,64", "--lengths", "10,60"]),
+        ("bench_s3.py", ["--clips", "64", "--shard-size", "16", "--passes", "1"]),
         ("gpu_check.py", [] if cuda else ["--cpu-dry-run"]),
     ]
 

@@ -101,7 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="per-sample modality valuation (phi_a, phi_v: Wei et al. CVPR'24) in samples.parquet, valuation.png",
     )
-    p.add_argument("--out", help="run folder")
+    p.add_argument(
+        "--cache-dir", dest="cache_dir", help="a catalog on s3://: keep its shards in this folder for the next run"
+    )
+    p.add_argument("--out", help="run folder (or an s3:// URL)")
     p.add_argument("--no-progress", action="store_true", dest="no_progress", help="no progress bar")
     p.set_defaults(func=run)
 
