@@ -68,14 +68,14 @@ def check_names(**names: str) -> None:
 
 
 def check_min(**values: int | None) -> None:
-    """Check option lower bounds (``frames``, ``frame_size``, ``shard_size``, ``workers``); None passes."""
+    """Check option lower bounds (``_MINIMA``: frames, frame size, shard size, workers, Ray retries); None passes."""
     for name, value in values.items():
         bound = _MINIMA[name]
         if value is not None and value < bound:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {bound}, got {value}")
 
 
-_MINIMA = {"frames": 1, "frame_size": 16, "shard_size": 1, "workers": 0}
+_MINIMA = {"frames": 1, "frame_size": 16, "shard_size": 1, "workers": 0, "ray_retries": 0}
 
 
 def encode_flac(waveform: np.ndarray, sample_rate: int) -> bytes:
@@ -275,10 +275,14 @@ def complete_set(
     return info, shards, failures
 
 
-def run_chunks(fn: Callable[[Any], Any], tasks: Sequence[Any], cfg: Any, *, desc: str, unit_of: Callable) -> list:
+def run_chunks(
+    fn: Callable[[Any], Any], tasks: Sequence[Any], cfg: Any, *, desc: str, unit_of: Callable, describe: Callable
+) -> list:
     """Run ``fn`` over the chunk tasks with :func:`~.ray_runner.run_tasks`, as the job config says.
 
-    ``cfg`` carries ``workers``, ``ray_address``, ``progress`` and ``verbose`` (``ShardJobConfig``, ``ImportConfig``).
+    ``cfg`` carries ``workers``, ``ray_address``, ``ray_retries``, ``progress`` and ``verbose`` (``ShardJobConfig``,
+    ``ImportConfig``); ``describe`` names a task in the message of a chunk given up after lost workers. A chunk is
+    safe to run again (its shards and part files are written atomically, and a part file written is not redone).
     """
     from .ray_runner import FunctionWorker, run_tasks
 
@@ -291,6 +295,8 @@ def run_chunks(fn: Callable[[Any], Any], tasks: Sequence[Any], cfg: Any, *, desc
         desc=desc,
         unit_of=unit_of,
         verbose=cfg.verbose,
+        retries=cfg.ray_retries,
+        describe=describe,
     )
 
 
