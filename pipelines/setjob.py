@@ -172,11 +172,16 @@ def start_sets(out: str | Path, dataset: str, classes: Sequence[tuple[str, str]]
                 )
         else:
             write_json({"fingerprint": t.fingerprint, **t.job}, job_file)
-        for folder in (set_dir, set_dir / PARTS_DIR):  # temporaries of a killed run, never under a final name
-            if folder.is_dir():
-                for p in folder.iterdir():
-                    if is_temp_name(p.name):
-                        p.unlink(missing_ok=True)
+        remove_temporaries(set_dir)  # of a killed run
+
+
+def remove_temporaries(set_dir: str | Path) -> None:
+    """Remove the temporary files of writers killed midway (a killed run, a lost Ray worker): never final names."""
+    for folder in (Path(set_dir), Path(set_dir) / PARTS_DIR):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if is_temp_name(p.name):
+                    p.unlink(missing_ok=True)
 
 
 def chunk_done(out: str | Path, relpaths: Iterable[str], index: int) -> bool:
@@ -259,6 +264,7 @@ def complete_set(
     a callable given the shard rows. Returns (info, shard rows, failure rows).
     """
     set_dir = Path(out) / target.relpath
+    remove_temporaries(set_dir)  # what the lost attempts of a chunk left (a worker killed while writing)
     samples, shards, failures = write_set_tables(set_dir, (read_part(set_dir, i) for i in indices))
     if callable(fields.get("frame_size")):
         fields["frame_size"] = fields["frame_size"](shards)

@@ -11,6 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -84,8 +87,6 @@ class RayCluster:
     """
 
     def __init__(self, port: int = 6390):
-        import tempfile
-
         self.port = port
         self.tmp = tempfile.mkdtemp(prefix="avtta-rc-", dir="/tmp")  # short: Ray's socket paths are length-limited
         # A lost node is noticed by the head's health checks of its raylet: every 0.5 s, dead after 3 misses (Ray's
@@ -144,6 +145,38 @@ class RayCluster:
         """pids of this cluster's actors running a task of the Ray layer now (title ``ray::_Actor.run_task``)."""
         roots = self.worker_node if worker_node_only else self._own()
         return sorted(p for p in _descendants(roots) if _cmdline(p).startswith("ray::_Actor.run_task"))
+
+    def run_killing(
+        self, args: list[str], kill: str, ready: Callable[[], bool] = lambda: True, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        """Run ``avtta ARGS`` on this cluster and, once ``ready()`` and while an actor runs a task, SIGKILL it.
+
+        ``kill="worker"``: that actor's process; ``kill="node"``: the whole worker node (one of its actors must be
+        busy), which is started again once the command ends. Returns the finished command (text stdout, stderr);
+        fails if the command ended before anything could be killed.
+        """
+        env = {**self.env, "PYTHONUNBUFFERED": "1"}
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # no pipe to fill up
+            proc = subprocess.Popen([sys.executable, "-m", "avtta", *args], env=env, stdout=out, stderr=err, text=True)
+            killed, deadline = None, time.monotonic() + timeout
+            while proc.poll() is None and killed is None and time.monotonic() < deadline:
+                busy = self.busy_actors(worker_node_only=kill == "node")
+                if busy and ready():
+                    killed = busy[0]
+                    self.kill_worker_node() if kill == "node" else os.kill(killed, signal.SIGKILL)
+                else:
+                    time.sleep(0.02)
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            finally:
+                proc.kill()
+                if kill == "node" and killed is not None:
+                    self.start_worker_node()
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+        assert killed is not None, f"the job ended before a {kill} could be killed: {result.stderr[-2000:]}"
+        return result
 
     def _own(self) -> set[int]:
         """This cluster's top processes: those naming its temp dir or its GCS address on their command line."""

@@ -9,13 +9,18 @@ outputs with an undisturbed run.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import re
 import signal
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from avtta.pipelines.ray_runner import FunctionWorker, TaskLostError, run_tasks
+from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
+from avtta.pipelines.synth import write_test_video
 
 
 def _doubled_unless_fated(folder: str, fated: int, deaths: int, task: int) -> int:
@@ -73,3 +78,63 @@ def test_task_errors_are_not_retried(ray_local, tmp_path):
     with pytest.raises(ValueError, match="task -1 is bad input"):
         _run(tmp_path, [0, -1], deaths=0, retries=3)
     assert len(list(tmp_path.glob("ran--1-*"))) == 1  # raised once, not run again
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the 2-node cluster, killed from outside
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under root (relative path -> digest)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def twelve_videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("twelve")
+    for i in range(12):
+        (root / "ab"[i % 2]).mkdir(exist_ok=True)
+        write_test_video(root / "ab"[i % 2] / f"v{i:02d}.mp4", seconds=1.0, fps=10, size=(64, 48), seed=i)
+    return root
+
+
+SHARD_ARGS = ("--dataset", "k", "--frames", "2", "--shard-size", "1", "--seed", "3", "--no-progress")
+SPECS = ("none", "video:gaussian_noise@2")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_shard_job_survives_a_lost_worker_and_a_lost_node(twelve_videos, tmp_path, ray_nodes):
+    run_shard_job(
+        ShardJobConfig(
+            videos=str(twelve_videos), out=str(tmp_path / "calm"), dataset="k", corrupt=SPECS, frames=2,
+            shard_size=1, seed=3, workers=0, progress=False,
+        )
+    )  # fmt: skip
+    calm = _tree(tmp_path / "calm")
+
+    def args(out: str, *extra: str) -> list[str]:
+        base = ["shard", "--videos", str(twelve_videos), "--out", str(tmp_path / out), *SHARD_ARGS]
+        return [*base, "--ray-address", ray_nodes.address, *extra, "--corrupt", *SPECS]
+
+    def started(out: str):  # a chunk is done: the job is under way (12 chunks of 1 clip on 2 workers)
+        return lambda: any((tmp_path / out / "k" / "test" / "clean" / "_parts").glob("shard-*.json"))
+
+    for kill in ("worker", "node"):
+        res = ray_nodes.run_killing(args(kill), kill, ready=started(kill))
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "Ray worker lost" in res.stderr and "running it again (retry 1 of 3)" in res.stderr
+        assert _tree(tmp_path / kill) == calm  # shards, manifests, catalog: the bytes of the undisturbed run
+        keys = pq.read_table(tmp_path / kill / "k" / "test" / "clean" / "samples.parquet").column("key").to_pylist()
+        assert len(keys) == len(set(keys)) == 12  # every sample exactly once
+    # past the bound: one line naming the chunk and the cause, exit 1, no traceback
+    res = ray_nodes.run_killing(args("bound", "--ray-retries", "0"), "worker", ready=started("bound"))
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert re.search(
+        r"avtta shard: error: chunk \d+ \(1 clips from [ab]/v\d\d\.mp4\): its Ray worker was lost 1 times, "
+        r"more than the 0 retries allowed; last cause: Actor\w+Error: ",
+        res.stderr,
+    ), res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
