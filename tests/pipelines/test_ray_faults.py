@@ -106,31 +106,19 @@ SPECS = ("none", "video:gaussian_noise@2")
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_shard_job_survives_a_lost_worker_and_a_lost_node(twelve_videos, tmp_path, ray_nodes):
+def test_shard_job_lost_worker_past_the_bound_then_lost_node(twelve_videos, tmp_path, ray_nodes):
     run_shard_job(
         ShardJobConfig(
             videos=str(twelve_videos), out=str(tmp_path / "calm"), dataset="k", corrupt=SPECS, frames=2,
             shard_size=1, seed=3, workers=0, progress=False,
         )
     )  # fmt: skip
-    calm = _tree(tmp_path / "calm")
-
-    def args(out: str, *extra: str) -> list[str]:
-        base = ["shard", "--videos", str(twelve_videos), "--out", str(tmp_path / out), *SHARD_ARGS]
-        return [*base, "--ray-address", ray_nodes.address, *extra, "--corrupt", *SPECS]
-
-    def started(out: str):  # a chunk is done: the job is under way (12 chunks of 1 clip on 2 workers)
-        return lambda: any((tmp_path / out / "k" / "test" / "clean" / "_parts").glob("shard-*.json"))
-
-    for kill in ("worker", "node"):
-        res = ray_nodes.run_killing(args(kill), kill, ready=started(kill))
-        assert res.returncode == 0, res.stderr[-3000:]
-        assert "Ray worker lost" in res.stderr and "running it again (retry 1 of 3)" in res.stderr
-        assert _tree(tmp_path / kill) == calm  # shards, manifests, catalog: the bytes of the undisturbed run
-        keys = pq.read_table(tmp_path / kill / "k" / "test" / "clean" / "samples.parquet").column("key").to_pylist()
-        assert len(keys) == len(set(keys)) == 12  # every sample exactly once
-    # past the bound: one line naming the chunk and the cause, exit 1, no traceback
-    res = ray_nodes.run_killing(args("bound", "--ray-retries", "0"), "worker", ready=started("bound"))
+    out = tmp_path / "out"
+    parts = out / "k" / "test" / "clean" / "_parts"
+    args = ["shard", "--videos", str(twelve_videos), "--out", str(out), *SHARD_ARGS, "--ray-address", ray_nodes.address]
+    started = lambda: any(parts.glob("shard-*.json"))  # noqa: E731 - a chunk is done (12 chunks of 1 clip, 2 workers)
+    # a worker killed, no retries allowed: one line naming the chunk and the cause, exit 1, no traceback
+    res = ray_nodes.run_killing([*args, "--ray-retries", "0", "--corrupt", *SPECS], "worker", ready=started)
     assert res.returncode == 1, res.stderr[-3000:]
     assert re.search(
         r"avtta shard: error: chunk \d+ \(1 clips from [ab]/v\d\d\.mp4\): its Ray worker was lost 1 times, "
@@ -138,3 +126,14 @@ def test_shard_job_survives_a_lost_worker_and_a_lost_node(twelve_videos, tmp_pat
         res.stderr,
     ), res.stderr[-3000:]
     assert "Traceback" not in res.stderr
+    done = len(list(parts.glob("shard-*.json")))
+    assert 1 <= done < 12
+    # the rerun resumes, and loses the whole worker node midway (default retries): it still gives the same bytes
+    res = ray_nodes.run_killing(
+        [*args, "--corrupt", *SPECS], "node", ready=lambda: len(list(parts.glob("shard-*.json"))) > done
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Ray worker lost" in res.stderr and "running it again (retry 1 of 3)" in res.stderr
+    assert _tree(out) == _tree(tmp_path / "calm")  # shards, manifests, catalog: the bytes of the undisturbed run
+    keys = pq.read_table(out / "k" / "test" / "clean" / "samples.parquet").column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 12  # every sample exactly once
