@@ -103,6 +103,8 @@ def run_child(cores: str, workers: int, videos: Path, out: Path, args, address: 
     t = json.loads(res.stdout.strip().splitlines()[-1])
     t["included"] = args.copies / (t["ray_init_s"] + t["large_s"])
     t["excluded"] = (args.copies - args.small) / (t["large_s"] - t["small_s"])
+    t["load"] = os.getloadavg()[0]
+    print(f"  cores {cores}, {workers} workers{' on ' + address if address else ''}: {json.dumps(t)}", flush=True)
     return t
 
 

@@ -221,6 +221,9 @@ def _run_ray(tasks, make_worker, call, workers, address, bar, unit_of, actor_opt
         # on a cluster the user wants to see what it got; an embedded Ray says it only with -v (it would sit between
         # the progress bars)
         log.log(logging.INFO if address else logging.DEBUG, "Ray: %d workers on %d CPUs (%s)", n, cluster_cpus, where)
+        slots = min(workers or cap, cap)
+        if len(tasks) < slots:  # a task runs on one worker: e.g. a shard job of fewer shards than CPUs
+            log.info("%d tasks for %d Ray workers: %d of them stay idle", len(tasks), slots, slots - len(tasks))
         # Ray restarts a dead actor (bounded: a worker that keeps dying is given up); the task is retried by us
         actor_cls = ray.remote(max_restarts=retry.retries, max_task_retries=0, **options)(_Actor)
         actors = [actor_cls.remote(make_worker, call, per_actor) for _ in range(n)]
