@@ -267,7 +267,10 @@ def _schedule(ray: Any, actors: list, tasks: list, bar: tqdm, unit_of: Callable[
                 f"{retry.name(tasks, queue[0])}: no Ray worker came back within {retry.rejoin_timeout:g} s "
                 f"(last cause: {cause})"
             )
-        timeout = max(0.0, min(w for w, _ in later) - now) if later else None
+        # wake for the next re-ask, and, while nothing runs, for the rejoin deadline (a queued ready() of an actor
+        # waiting for room would never answer)
+        wakes = [w - now for w, _ in later] + ([] if running else [since + retry.rejoin_timeout - now])
+        timeout = max(0.0, min(wakes)) if wakes else None
         if not running and not waking:
             time.sleep(timeout)  # only re-asks, due later
             continue
