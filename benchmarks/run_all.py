@@ -4,8 +4,8 @@ Quick mode checks that each script runs end to end and gives rough figures in a 
 the tables in benchmarks/README.md were measured at. The official-code comparison of bench_methods.py needs ``--official
 REPO=DIR``, once per official repository (checkouts outside this repository; see benchmarks/README.md). The GPU check
 runs for real when CUDA is present, else as its CPU dry run. Every script runs even when an earlier one fails; the exit
-status says whether any failed. Run inside a loopback-only network namespace (bench_pipeline.py starts Ray; ``make
-bench`` does it; bench_s3.py starts a SeaweedFS server on loopback).
+status says whether any failed. Run inside a loopback-only network namespace (bench_pipeline.py and bench_scaling.py
+start Ray, bench_s3.py a SeaweedFS server on loopback; ``make bench`` does it).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def plan(full: bool, official: list[str], cuda: bool) -> list[tuple[str, list[st
     if full:
         return [
             ("bench_pipeline.py", ["--clips", "240"]),
+            ("bench_scaling.py", ["--copies", "48", "--repeats", "2", "--cluster"]),
             ("bench_corruptions.py", []),
             ("bench_methods.py", methods),
             ("bench_memory.py", ["--full"]),
@@ -32,6 +33,7 @@ def plan(full: bool, official: list[str], cuda: bool) -> list[tuple[str, list[st
         ]
     return [
         ("bench_pipeline.py", ["--clips", "16", "--reader-clips", "48", "--reader-samples", "480", "--passes", "1"]),
+        ("bench_scaling.py", ["--copies", "8", "--small", "4", "--shard-size", "2", "--repeats", "1"]),
         ("bench_corruptions.py", ["--repeats", "1"]),
         ("bench_methods.py", methods),
         ("bench_memory.py", ["--adapt-sizes", "240,2400", "--shard-sizes", "16,64", "--lengths", "10,60"]),
