@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from avtta.corruptions import CLEAN, CorruptionOptions, CorruptionSpec, format_spec
 from avtta.shards.indexed import IndexedLoader, IndexedShards, SampleRefs
@@ -213,24 +214,26 @@ def _key_shard(cat: Catalog, info: ShardSetInfo) -> dict[str, str]:
     return dict(zip(cols["key"], cols["shard"], strict=True))
 
 
-def _sample_rows(cat: Catalog, info: ShardSetInfo) -> list[tuple[str, str, int]]:
-    """(shard path, key, label) of a set's samples in manifest (= writing) order."""
-    cols = cat.samples(info).select(["shard", "key", "label"]).to_pydict()
-    folder = cat.root / info.path
-    return [(str(folder / s), k, lab) for s, k, lab in zip(cols["shard"], cols["key"], cols["label"], strict=True)]
+def _sample_rows(cat: Catalog, info: ShardSetInfo) -> pa.Table:
+    """``shard`` (path), ``key``, ``label`` of a set's samples in manifest (= writing) order."""
+    return _located(cat.samples(info).select(["shard", "key", "label"]), cat.root / info.path)
 
 
-def _member_rows(cat: Catalog, info: ShardSetInfo, field: str | None = None) -> list[tuple[str, str, str, int, int]]:
-    """(shard path, key, field, offset, size) of a set's tar members (only ``field`` when given)."""
+def _member_rows(cat: Catalog, info: ShardSetInfo, field: str | None = None) -> pa.Table:
+    """``shard`` (path), ``key``, ``field``, ``offset``, ``size`` of a set's tar members (only ``field`` when given)."""
     table = cat.members(info)
     if field is not None:
         table = table.filter(pc.equal(table["field"], field))
-    cols = table.to_pydict()
-    folder = cat.root / info.path
-    paths = {s: str(folder / s) for s in set(cols["shard"])}
-    return list(
-        zip([paths[s] for s in cols["shard"]], cols["key"], cols["field"], cols["offset"], cols["size"], strict=True)
-    )
+    return _located(table, cat.root / info.path)
+
+
+def _located(table: pa.Table, folder: Path) -> pa.Table:
+    """``table`` with its ``shard`` column (file names) made paths under ``folder``, dictionary encoded: one string
+    per shard, not one per row (a set's member index has 13 rows a sample)."""
+    shard = pc.dictionary_encode(table["shard"].combine_chunks())
+    paths = pa.array([str(folder / s) for s in shard.dictionary.to_pylist()], pa.string())
+    column = pa.DictionaryArray.from_arrays(shard.indices, paths)
+    return table.set_column(table.schema.get_field_index("shard"), "shard", column)
 
 
 def _indexed(
