@@ -245,5 +245,7 @@ def _indexed(
     pin: bool | None,
     hook: OnTheFly | None = None,
 ) -> IndexedLoader:
+    # the index's Arrow tables are gone: hand their memory back to the system rather than keep it cached for the run
+    pa.default_memory_pool().release_unused()
     dataset = IndexedShards(refs, cfg, pin_memory=resolve_pin_memory(pin), hook=hook)
     return IndexedLoader(dataset, batch_size, workers, drop_last)
