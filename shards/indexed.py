@@ -5,16 +5,16 @@ transforms (:mod:`.transforms`), the settings, the frame decode, the key join an
 with the stream mode (:mod:`.reader`). Each sample costs two ``pread`` calls (its
 fbank and the one frame the model sees), an npy view, one JPEG decode and the normalisation, written directly into
 the batch tensor. It is a map-style dataset: a torch ``DataLoader`` with a batch sampler hands whole batches of
-indices to its workers, which make the finished float32 batches in a shared-memory ring; the consuming process only
-hands the ring's views on (see :class:`IndexedShards`, :class:`BatchRing`). Batch memory is recycled
-(:class:`BatchRing`, :class:`OutputBuffers`): fresh memory per batch cost more than the work itself.
+indices to its workers, which decode the frames into a shared-memory ring; the consuming process reads the fbanks
+and normalises (see :class:`IndexedShards`). Batch memory is recycled (:class:`OutputBuffers`, :class:`FrameRing`):
+fresh memory per batch cost more than the work itself.
 
 A :class:`~.loader.SampleHook` (``hook=``) changes samples between their stored bytes and the input transforms: the
 catalog layer's on-the-fly corruption of a clean set (``avtta.manifests.onthefly``). The workers then also make the
 one corrupted frame the model sees and, when the hook changes the audio, decode the ``wav.flac`` waveform, corrupt
-it and compute its fbank (rounded to float16, as stored), the costly parts, which scale with the workers; with
+it and compute its fbank (float16, as stored), the costly parts, which scale with the workers; with
 ``hook.fbank_device`` the workers send the corrupted waveforms and the consuming process computes the batch's fbanks
-on that device (CUDA) and writes them into the batch.
+on that device (CUDA).
 
 The sample index (:class:`SampleRefs`) is columnar: numpy arrays of shard indices and byte ranges and the keys in one
 buffer (:class:`Keys`), about 200 B a sample and no Python object per sample, built from the manifests' Arrow
@@ -48,7 +48,7 @@ from torch.utils.data import Dataset, get_worker_info
 from .fbank import compute_fbank, decode_flac, kaldi_fbank_batch
 from .index import MemberReader
 from .loader import Loader, ReaderConfig, SampleHook, decode_rgb, join_keys, load_image
-from .schema import FBANK_DTYPE, FBANK_FIELD, FRAME_RE, META_FIELD, WAVE_FIELD
+from .schema import FBANK_DTYPE, FBANK_FIELD, FRAME_RE, META_FIELD, TARGET_LENGTH, WAVE_FIELD
 from .transforms import NUM_MEL_BINS, fill_fbank, fill_image, frame_index, load_fbank
 
 
@@ -298,12 +298,12 @@ def npy_view(data: bytes | bytearray | memoryview) -> np.ndarray:
 class IndexedShards(Dataset):
     """Map-style dataset over :class:`SampleRefs`.
 
-    With DataLoader workers, a worker makes a whole batch (:meth:`__getitems__`): it reads the fbanks, decodes the
-    frames and writes both normalised into the float32 tensors of a :class:`BatchRing` slot; only the batch's indices
-    travel back, and the consuming process (:meth:`finish`) hands the slot's views on as the batch, so it does no
-    per-sample work. Splitting the work instead (frames decoded in the workers, fbanks read and everything normalised
-    in the main process, an earlier version) left the main process with two thirds of the work and bounded the
-    reader by it. Without workers, :meth:`finish` does everything, one sample at a time, into recycled buffers.
+    The work of a batch is split in two. In a DataLoader worker, :meth:`__getitems__` decodes the frames (JPEG
+    decoding is the costly, compute-bound part) into a uint8 slot of the :class:`FrameRing`. :meth:`finish` reads the
+    fbanks (memory copies out of the page cache) and normalises both modalities into the float32 batch; it runs in
+    the process that consumes the batches. Only uint8 frames cross from a worker to the main process (150 KB per
+    sample instead of 1.1 MB of float32, through shared memory whose page faults cost more than the work itself on
+    small machines). Without workers, :meth:`finish` does everything, one sample at a time.
     """
 
     def __init__(
@@ -324,7 +324,7 @@ class IndexedShards(Dataset):
         self.epoch = 0
         self._reader = MemberReader()
         self._out = OutputBuffers(pin_memory)
-        self._ring: BatchRing | None = None  # set by IndexedLoader for the lifetime of its DataLoader workers
+        self._ring: FrameRing | None = None  # set by IndexedLoader for the lifetime of its DataLoader workers
         if cfg.frame not in ("eval", "random"):
             k = int(cfg.frame)
             short = np.flatnonzero(refs.num_frames <= k)
@@ -375,12 +375,19 @@ class IndexedShards(Dataset):
         wave, rate = self._waveform(i)
         return compute_fbank(wave, rate).astype(FBANK_DTYPE)
 
-    def _device_fbanks(self, waves: list[tuple[np.ndarray, int]]) -> torch.Tensor:
-        """The fbanks of a batch of hook-changed waveforms, computed on ``hook.fbank_device``."""
+    def _fbanks(self, part: dict[str, Any]) -> torch.Tensor | list[np.ndarray] | None:
+        """The batch's fbanks when the hook changes the audio (None: read the stored ones)."""
+        if self.hook is None or not self.hook.audio:
+            return None
+        if "fbank" in part:
+            return part["fbank"]
+        if self.hook.fbank_device is None:
+            return [self._changed_fbank(i) for i in part["index"]]
+        waves = part.get("waves") or [self._waveform(i) for i in part["index"]]
         rates = {rate for _, rate in waves}
         if len(rates) != 1:
             raise ValueError(f"the waveforms of one batch have different sample rates {sorted(rates)}")
-        fbank = kaldi_fbank_batch([w for w, _ in waves], rates.pop(), device=self.hook.fbank_device)  # type: ignore[union-attr]
+        fbank = kaldi_fbank_batch([w for w, _ in waves], rates.pop(), device=self.hook.fbank_device)
         return fbank.to(torch.float16).cpu()  # the storage precision of a written set
 
     def _fbank(self, i: int, path: str, offset: int, size: int) -> np.ndarray:
@@ -392,91 +399,61 @@ class IndexedShards(Dataset):
                 f"sample {self.refs.keys[i]!r} in {path}: the fbank member is not a usable npy ({err})"
             ) from None
 
-    def _fill(
-        self,
-        audio: torch.Tensor | None,
-        video: torch.Tensor | None,
-        indices: Sequence[int],
-        fbanks: torch.Tensor | None = None,
-    ) -> None:
-        """Write the normalised inputs of ``indices`` into rows of the float32 batch tensors (None: not that one).
-
-        Each sample's fbank is its stored one, the hook's changed one, or row ``j`` of ``fbanks`` (made on a device).
-        One sample at a time: its decode buffers are freed and reused at once, and the passes over its rows run over
-        data still in the CPU cache.
-        """
-        refs, cfg = self.refs, self.cfg
-        changed = fbanks is None and self.hook is not None and self.hook.audio
-        if audio is not None and fbanks is None and not changed:  # one numpy gather per batch, not one per sample
-            shards, ranges = refs.audio_shard[indices].tolist(), refs.fbank[indices].tolist()
-        for j, i in enumerate(indices):
-            if audio is not None:
-                if fbanks is not None:
-                    stored = fbanks[j].numpy()
-                elif changed:
-                    stored = self._changed_fbank(i)
-                else:
-                    stored = self._fbank(i, refs.paths[shards[j]], *ranges[j])
-                gen = self._mask_generator(i)
-                fill_fbank(audio[j], load_fbank(stored, cfg.target_length, cfg.freqm, cfg.timem, gen))
-            if video is not None:
-                fill_image(video[j], self._image(i))
-
-    def _device_audio(self) -> bool:
-        """True when this process computes the fbanks (of hook-changed audio, on a device), not the workers."""
-        return self.hook is not None and self.hook.audio and self.hook.fbank_device is not None
-
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
-        """In a DataLoader worker: the finished float32 batch of ``indices`` in shared memory, in a slot of the ring
-        when one is free (then only indices travel to the main process), else in fresh shared tensors. In this
-        process nothing is made ahead: :meth:`finish` makes the batch."""
+        """In a DataLoader worker: the decoded frames of ``indices``, uint8 [B, 3, R, R] in shared memory (a slot of
+        the ring when one is free). In this process nothing is decoded ahead: :meth:`finish` decodes each frame
+        straight into the batch."""
         info = get_worker_info()
-        part: dict[str, Any] = {"index": list(indices)}
         if info is None:
-            return part
+            return {"index": list(indices)}
         b, res = len(indices), self.cfg.im_res
         slot = self._ring.acquire(info.id) if self._ring is not None else None
-        if slot is not None:
-            audio, video = (t[:b] for t in self._ring.slot(info.id, slot))  # type: ignore[union-attr]
-            part["ring"] = (info.id, slot)
-        else:
-            audio = part["audio"] = _shared((b, self.cfg.target_length, NUM_MEL_BINS), torch.float32)
-            video = part["video"] = _shared((b, 3, res, res), torch.float32)
-        device = self._device_audio()
-        self._fill(None if device else audio, video, indices)
-        if device:  # the main process makes these fbanks on its device
-            part["waves"] = [self._waveform(i) for i in indices]
-        return part
+        out = self._ring.slot(info.id, slot)[:b] if slot is not None else _shared((b, 3, res, res))
+        for j, i in enumerate(indices):
+            out[j].copy_(self._image(i))  # one frame at a time: its decode buffer is freed and reused at once
+        part: dict[str, Any] = {"index": list(indices)}
+        if self.hook is not None and self.hook.audio:  # the costly fbanks (or the waveforms) are made here too
+            if self.hook.fbank_device is None:
+                fbank = _shared((b, TARGET_LENGTH, NUM_MEL_BINS), torch.float16)
+                for j, i in enumerate(indices):
+                    fbank[j].copy_(torch.from_numpy(self._changed_fbank(i)))
+                part["fbank"] = fbank
+            else:
+                part["waves"] = [self._waveform(i) for i in indices]
+        if slot is not None:  # nothing to send but indices: the main process reads the slot
+            return {**part, "ring": (info.id, slot)}
+        return {**part, "video": out}
 
     def finish(self, part: dict[str, Any]) -> dict[str, Any]:
-        """A part from :meth:`__getitems__` -> the model-ready batch (audio, video, label, key[, metadata]).
-
-        A worker's batch is handed on as it is (a view of its ring slot; :class:`BatchRing` takes the slot back once
-        the consumer has dropped every view of it), or copied into pinned memory, whose slot is then free at once.
-        Without workers the batch is made here, into recycled buffers (:class:`OutputBuffers`).
-        """
+        """Decoded frames -> the model-ready batch: fbanks read and normalised, frames normalised, labels, keys."""
         refs, cfg = self.refs, self.cfg
         indices = part["index"]
         b, res = len(indices), cfg.im_res
         ring = part.get("ring")
+        frames = self._ring.slot(*ring) if ring is not None else part.get("video")  # type: ignore[union-attr]
+        audio = self._out.get("audio", (b, cfg.target_length, NUM_MEL_BINS))
+        video = self._out.get("video", (b, 3, res, res))
+        metadata = []
+        changed = self._fbanks(part)
+        # the batch's fbank locations in one numpy gather (indexing the arrays per sample costs more)
+        shards, ranges = (
+            (refs.audio_shard[indices].tolist(), refs.fbank[indices].tolist()) if changed is None else ((), ())
+        )
+        for j, i in enumerate(indices):
+            if changed is None:
+                stored = self._fbank(i, refs.paths[shards[j]], *ranges[j])
+            else:
+                stored = changed[j]
+            stored = stored.numpy() if isinstance(stored, torch.Tensor) else stored
+            fbank = load_fbank(stored, cfg.target_length, cfg.freqm, cfg.timem, self._mask_generator(i))
+            fill_fbank(audio[j], fbank)
+            fill_image(video[j], frames[j] if frames is not None else self._image(i))
+            if cfg.with_metadata:
+                if refs.meta[i, 1] < 0:
+                    raise ValueError(f"sample {refs.keys[i]!r} in {refs.paths[refs.video_shard[i]]} has no metadata")
+                metadata.append(json.loads(self._read(refs.video_shard[i], refs.meta[i])))
         if ring is not None:
-            audio, video = (t[:b] for t in self._ring.slot(*ring))  # type: ignore[union-attr]
-        elif "video" in part:
-            audio, video = part["audio"], part["video"]
-        else:
-            audio = self._out.get("audio", (b, cfg.target_length, NUM_MEL_BINS))
-            video = self._out.get("video", (b, 3, res, res))
-            waves = [self._waveform(i) for i in indices] if self._device_audio() else None
-            self._fill(audio, video, indices, self._device_fbanks(waves) if waves is not None else None)
-        if "waves" in part:
-            self._fill(audio, None, indices, self._device_fbanks(part["waves"]))
-        if self.pin_memory and (ring is not None or "video" in part):
-            audio = torch.empty(audio.shape, dtype=audio.dtype, pin_memory=True).copy_(audio)
-            video = torch.empty(video.shape, dtype=video.dtype, pin_memory=True).copy_(video)
-            if ring is not None:
-                self._ring.release(*ring)  # type: ignore[union-attr]  # copied out: the worker may reuse the slot
-        elif ring is not None:
-            self._ring.lend(*ring)  # type: ignore[union-attr]
+            self._ring.release(*ring)  # type: ignore[union-attr]  # copied out: the worker may reuse the slot
         batch = {
             "audio": audio,
             "video": video,
@@ -484,14 +461,8 @@ class IndexedShards(Dataset):
             "key": refs.keys.take(indices),
         }
         if cfg.with_metadata:
-            batch["metadata"] = [self._metadata(i) for i in indices]
+            batch["metadata"] = metadata
         return batch
-
-    def _metadata(self, i: int) -> dict[str, Any]:
-        refs = self.refs
-        if refs.meta[i, 1] < 0:
-            raise ValueError(f"sample {refs.keys[i]!r} in {refs.paths[refs.video_shard[i]]} has no metadata")
-        return json.loads(self._read(refs.video_shard[i], refs.meta[i]))
 
     def batch(self, indices: Sequence[int]) -> dict[str, Any]:
         """The model-ready batch of ``indices``, built in this process."""
@@ -503,29 +474,20 @@ class IndexedShards(Dataset):
         return out
 
 
-class BatchRing:
-    """Shared-memory batch slots in which DataLoader workers make finished float32 batches for the main process.
+class FrameRing:
+    """Shared-memory slots through which DataLoader workers hand decoded frames to the main process.
 
-    A fresh shared-memory tensor per batch costs a page fault per 4 KiB on both sides, and copying a batch out of
-    shared memory costs the main process a pass over 1.1 MB a sample: with the workers doing all the work, that
-    pass was what bounded the reader. So the ring is allocated once per pass, before the workers start (they inherit
-    it): each worker owns ``slots`` slots (one shared storage each for the audio and the video batch), takes a free
-    one per batch, and the main process hands the slot's views on as the batch. It lends the slot until the consumer
-    holds no view of it any more (:meth:`reclaim`, checked on the storages' use counts, as :class:`OutputBuffers`
-    does), then frees it. The flags live in a lock-protected shared array (the lock orders the worker's writes
-    before the main process's reads on every CPU). A worker without a free slot falls back to fresh shared tensors.
+    Handing over a fresh shared-memory tensor per batch costs a page fault per 4 KiB on both sides, more than
+    decoding the frames. The ring is allocated once per pass, before the workers start (they inherit it); each
+    worker owns ``slots`` batch-sized slots, takes a free one per batch, and the main process frees it once it has
+    copied the frames out. The flags live in a lock-protected shared array (the lock orders the copy before the
+    release on every CPU). A worker without a free slot falls back to a fresh shared tensor.
     """
 
-    def __init__(self, workers: int, slots: int, batch: int, audio: tuple[int, ...], video: tuple[int, ...]):
-        # one storage per slot and modality: its use count tells whether the consumer still holds the batch;
-        # pages are touched (faulted) only when a slot is used
-        self.tensors = [
-            [(_shared((batch, *audio), torch.float32), _shared((batch, *video), torch.float32)) for _ in range(slots)]
-            for _ in range(workers)
-        ]
+    def __init__(self, workers: int, slots: int, shape: tuple[int, ...]):
+        self.frames = _shared((workers, slots, *shape))  # pages are touched (faulted) only when a slot is used
         self.busy = mp.Array("b", workers * slots)  # with a lock
         self.slots = slots
-        self._lent: list[tuple[int, int]] = []
 
     def acquire(self, worker: int) -> int | None:
         with self.busy.get_lock():
@@ -539,23 +501,8 @@ class BatchRing:
         with self.busy.get_lock():
             self.busy[worker * self.slots + slot] = 0
 
-    def slot(self, worker: int, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (audio, video) batch tensors of a slot, full size."""
-        return self.tensors[worker][slot]
-
-    def lend(self, worker: int, slot: int) -> None:
-        """The slot's batch went to the consumer: free the slot once it drops it (:meth:`reclaim`)."""
-        self._lent.append((worker, slot))
-
-    def reclaim(self) -> None:
-        """Free the lent slots whose batches the consumer no longer holds (any view, slice or batch dict)."""
-        keep = []
-        for w, s in self._lent:
-            if all(_unreferenced(t) for t in self.tensors[w][s]):
-                self.release(w, s)
-            else:
-                keep.append((w, s))
-        self._lent = keep
+    def slot(self, worker: int, slot: int) -> torch.Tensor:
+        return self.frames[worker, slot]
 
 
 class OutputBuffers:
@@ -662,16 +609,10 @@ class IndexedLoader(Loader):
         dataset = self.dataset
         if workers:  # this pass's own copy of the dataset holds its ring (passes may overlap)
             dataset = copy.copy(self.dataset)
-            cfg = dataset.cfg
-            # per worker: its prefetched batches, the one the consumer holds and the one it held before (the
-            # consumer drops a batch only once the next has been handed over)
-            dataset._ring = BatchRing(
-                workers, prefetch + 2, self.batch_size, (cfg.target_length, NUM_MEL_BINS), (3, cfg.im_res, cfg.im_res)
-            )  # fmt: skip
+            res = dataset.cfg.im_res
+            dataset._ring = FrameRing(workers, prefetch + 2, (self.batch_size, 3, res, res))
         loader = self.data_loader(dataset, workers, prefetch, batch_sampler=batches, collate_fn=_identity)
         for part in loader:
-            if dataset._ring is not None:
-                dataset._ring.reclaim()
             yield dataset.finish(part)
 
 
