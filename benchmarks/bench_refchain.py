@@ -46,6 +46,7 @@ import csv
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -87,18 +88,30 @@ class StageError(RuntimeError):
     pass
 
 
-def run_logged(cmd: list[str], log: Path, *, cwd: Path | None = None, env: dict | None = None) -> float:
-    """Wall seconds of ``cmd``; its output goes to ``log``, whose tail a failure quotes."""
+def children_cpu() -> float:
+    """CPU seconds (user + system) of the waited-for child processes so far, their own waited-for children included."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_logged(cmd: list[str], log: Path, *, cwd: Path | None = None, env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of ``cmd``; its output goes to ``log``, whose tail a failure quotes.
+
+    The CPU seconds count the command and every descendant it waited for (the reference's DataLoader workers), less
+    distorted by the machine's other jobs than the wall clock; Ray's workers are not reaped by the command, so an avtta
+    run on Ray counts its driver only.
+    """
+    c0 = children_cpu()
     t0 = time.perf_counter()
     with open(log, "ab") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n".encode())
         fh.flush()
         rc = subprocess.run(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, children_cpu() - c0
     if rc:
         tail = log.read_text(errors="replace").splitlines()[-15:]
         raise StageError(f"{' '.join(cmd[:4])} ... exited {rc} (log {log}):\n  " + "\n  ".join(tail))
-    return dt
+    return dt, cpu
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -177,8 +190,8 @@ def check_reference(brimpr: Path, cavmae: Path) -> None:
 # the reference chain
 
 
-def reference_chain(root: Path, inputs: dict[str, Path], brimpr: Path, cavmae: Path) -> dict[str, float]:
-    """Run the chain into ``root`` (emptied first); wall seconds per stage."""
+def reference_chain(root: Path, inputs: dict[str, Path], brimpr: Path, cavmae: Path) -> dict[str, tuple[float, float]]:
+    """Run the chain into ``root`` (emptied first); (wall, CPU) seconds per stage."""
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     env = {**os.environ, "PATH": f"{tool_dir(root.parent)}{os.pathsep}{os.environ['PATH']}"}
@@ -188,7 +201,7 @@ def reference_chain(root: Path, inputs: dict[str, Path], brimpr: Path, cavmae: P
     video_c, audio_c, json_root = root / "video_c", root / "audio_c", root / "json"
     pre = cavmae / "src" / "preprocess"
     make_c = brimpr / "make_corruptions"
-    stages: dict[str, float] = {}
+    stages: dict[str, tuple[float, float]] = {}
     listing = str(inputs["list"])
     stages["frames (decode + extract)"] = run_logged(
         [py, str(pre / "extract_video_frame.py"), "-input_file_list", listing, "-target_fold", str(frames)],
@@ -207,19 +220,16 @@ def reference_chain(root: Path, inputs: dict[str, Path], brimpr: Path, cavmae: P
         stages[f"audio:{c}"] = run_logged([py, "make_c_audio.py", *args], log, cwd=make_c, env=env)
     dp = brimpr / "data_process"
     clean_json = json_root / "clean" / "severity_0.json"
-    t = run_logged(
+    json_cmds = [
         [py, str(dp / "create_clean_json.py"), "--refer-path", str(inputs["refer"]), "--video-path", f"{frames}/",
-         "--audio-path", str(wavs), "--save-path", str(json_root)], log, env=env,
-    )  # fmt: skip
-    t += run_logged(
+         "--audio-path", str(wavs), "--save-path", str(json_root)],
         [py, str(dp / "create_video_c_json.py"), "--clean-path", str(clean_json), "--video-c-path", str(video_c),
-         "--audio-path", str(wavs)], log, env=env,
-    )  # fmt: skip
-    t += run_logged(
+         "--audio-path", str(wavs)],
         [py, str(dp / "create_audio_c_json.py"), "--clean-path", str(clean_json), "--video-path", f"{frames}/",
-         "--audio-c-path", str(audio_c)], log, env=env,
-    )  # fmt: skip
-    stages["JSON lists"] = t
+         "--audio-c-path", str(audio_c)],
+    ]  # fmt: skip
+    steps = [run_logged(cmd, log, env=env) for cmd in json_cmds]
+    stages["JSON lists"] = (sum(w for w, _ in steps), sum(c for _, c in steps))
     check_reference_outputs(root, len(list(inputs["list"].read_text().split())))
     return stages
 
@@ -277,8 +287,8 @@ def shard_args(inputs: dict[str, Path], out: Path, workers: int, shard_size: int
     ]  # fmt: skip
 
 
-def avtta_command(root: Path, inputs: dict[str, Path], workers: int, shard_size: int) -> float:
-    """Wall seconds of the ``avtta shard`` command (process start, imports, Ray start-up included)."""
+def avtta_command(root: Path, inputs: dict[str, Path], workers: int, shard_size: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the ``avtta shard`` command (process start, imports, Ray start-up included)."""
     out = root / f"avtta-{workers}"
     shutil.rmtree(out, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -288,21 +298,26 @@ def avtta_command(root: Path, inputs: dict[str, Path], workers: int, shard_size:
 
 @contextmanager
 def stage_timers():
-    """Timers around the shard job's stage functions (wrapping the real functions; outputs unchanged)."""
+    """Timers around the shard job's stage functions (wrapping the real functions; outputs unchanged).
+
+    Yields a dict stage -> [wall seconds, CPU seconds of this process] (the job runs single-threaded in-process).
+    """
     import avtta.pipelines.decode as decode
     import avtta.pipelines.features as features
     import avtta.pipelines.shard_job as job
     from avtta.pipelines import setjob
 
-    spent: dict[str, float] = defaultdict(float)
+    spent: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
 
     def timed(fn, label_of):
         def wrapper(*a, **kw):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return fn(*a, **kw)
             finally:
-                spent[label_of(*a, **kw)] += time.perf_counter() - t0
+                acc = spent[label_of(*a, **kw)]
+                acc[0] += time.perf_counter() - t0
+                acc[1] += time.process_time() - c0
 
         return wrapper
 
@@ -327,21 +342,25 @@ def stage_timers():
             setattr(obj, name, fn)
 
 
-def avtta_profile(root: Path, inputs: dict[str, Path], shard_size: int) -> tuple[float, dict[str, float]]:
-    """One in-process run of the same job with stage timers: (job seconds, seconds per stage)."""
+def avtta_profile(root: Path, inputs: dict[str, Path], shard_size: int) -> dict[str, tuple[float, float]]:
+    """One in-process run of the same job with stage timers: (wall, CPU) seconds per stage, "total" included."""
     from avtta.pipelines.shard_job import run_shard_job
 
     out = root / "avtta-profile"
     shutil.rmtree(out, ignore_errors=True)
     cfg = shard_config(inputs, out, shard_size)
     with stage_timers() as spent:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run_shard_job(cfg)
-        total = time.perf_counter() - t0
-    stages = dict(spent)
-    stages["decode (PyAV demux, decode, resample)"] = stages.pop("decode_clip") - stages.get("frame resize + crop", 0)
-    stages["other (planning, manifests, catalog, Python)"] = total - sum(stages.values())
-    return total, stages
+        total = (time.perf_counter() - t0, time.process_time() - c0)
+    stages = {k: tuple(v) for k, v in spent.items()}
+    dec, crop = stages.pop("decode_clip"), stages.get("frame resize + crop", (0.0, 0.0))
+    stages["decode (PyAV demux, decode, resample)"] = (dec[0] - crop[0], dec[1] - crop[1])
+    stages["other (planning, manifests, catalog, Python)"] = tuple(
+        t - sum(v[i] for v in stages.values()) for i, t in enumerate(total)
+    )
+    stages["total"] = total
+    return stages
 
 
 def shard_config(inputs: dict[str, Path], out: Path, shard_size: int):
@@ -392,26 +411,25 @@ def main(argv: list[str] | None = None) -> int:
     if not reference:
         print("# reference side skipped: give --brimpr and --cavmae checkouts (see --help)")
     ways = ["avtta in-process", f"avtta Ray x{args.ray_workers}"] + (["reference chain"] if reference else [])
-    runs: list[dict] = []
-    ref_stages: list[dict[str, float]] = []
+    runs: list[dict[str, tuple[float, float]]] = []
+    ref_stages: list[dict[str, tuple[float, float]]] = []
+    fbank_read = None
     try:
         for rep in range(args.repeats):
-            order = ways if rep % 2 == 0 else ways[::-1]
-            row: dict[str, float] = {}
-            for way in order:
+            row: dict[str, tuple[float, float]] = {}
+            for way in ways if rep % 2 == 0 else ways[::-1]:
                 if way == "reference chain":
                     stages = reference_chain(root / "reference", inputs, args.brimpr.resolve(), args.cavmae.resolve())
                     ref_stages.append(stages)
-                    row[way] = sum(stages.values())
+                    row[way] = (sum(w for w, _ in stages.values()), sum(c for _, c in stages.values()))
                 else:
                     workers = 0 if way == "avtta in-process" else args.ray_workers
                     row[way] = avtta_command(root, inputs, workers, shard_size)
-                print(f"repeat {rep + 1}: {way:20s} {row[way]:8.1f} s  {args.clips / row[way]:6.3f} clips/s  "
-                      f"({load()})", flush=True)  # fmt: skip
+                print(f"repeat {rep + 1}: {way:18s} {row[way][0]:7.1f} s wall, {row[way][1]:7.1f} s CPU, "
+                      f"{args.clips / row[way][0]:6.3f} clips/s  ({load()})", flush=True)  # fmt: skip
             runs.append(row)
-        print("\n(stage timers: one in-process run of the same job)", flush=True)
-        prof_total, prof = avtta_profile(root, inputs, shard_size)
-        fbank_read = None
+        print("(stage timers: one more in-process run of the same job)", flush=True)
+        prof = avtta_profile(root, inputs, shard_size)
         if reference and args.loader_fbank:
             fbank_read = loader_fbank_seconds(root / "reference" / "wavs", root / "reference" / "audio_c")
     except StageError as err:
@@ -420,45 +438,62 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
-
-    n = args.clips
-    print(f"\n| way | end to end s (best / median of {args.repeats}) | clips/s (best) |"
-          + (" speed-up vs reference, per repeat |" if reference else "") + "\n|---|---:|---:|"
-          + ("---:|" if reference else ""))  # fmt: skip
-    for way in ways:
-        times = [r[way] for r in runs]
-        line = f"| {way} | {min(times):.1f} / {statistics.median(times):.1f} | {n / min(times):.3f} |"
-        if reference:
-            line += " " + ", ".join(f"{r['reference chain'] / r[way]:.1f}x" for r in runs) + " |"
-        print(line)
-
-    table: list[dict] = []
-    if reference:
-        best = min(ref_stages, key=lambda s: sum(s.values()))
-        for stage, sec in best.items():
-            table.append({"way": "reference", "stage": stage, "seconds": sec, "ms_per_clip": 1000 * sec / n})
-    for stage, sec in sorted(prof.items(), key=lambda kv: -kv[1]):
-        table.append({"way": "avtta in-process", "stage": stage, "seconds": sec, "ms_per_clip": 1000 * sec / n})
-    print("\n| way | stage | s | ms per clip | share |\n|---|---|---:|---:|---:|")
-    totals = {"reference": sum(best.values()) if reference else 0.0, "avtta in-process": prof_total}
-    for r in table:
-        print(f"| {r['way']} | {r['stage']} | {r['seconds']:.2f} | {r['ms_per_clip']:.0f} | "
-              f"{100 * r['seconds'] / totals[r['way']]:.1f} % |")  # fmt: skip
-    if fbank_read is not None:
-        print(f"\nreference loader, audio per read of the 22 sets (wav read + DC + Kaldi fbank): {fbank_read:.2f} s, "
-              f"{1000 * fbank_read / (22 * n):.1f} ms per sample, paid again on every pass")  # fmt: skip
-    if args.csv:
-        with open(args.csv, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["way", "stage", "seconds", "ms_per_clip"])
-            w.writeheader()
-            w.writerows(table)
     if args.json:
         args.json.write_text(json.dumps({
-            "clips": n, "shard_size": shard_size, "runs": runs, "reference_stages": ref_stages,
-            "avtta_profile": {"total": prof_total, "stages": prof}, "loader_fbank_s": fbank_read,
-            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "clips": args.clips, "shard_size": shard_size, "runs": runs, "reference_stages": ref_stages,
+            "avtta_stages": prof, "loader_fbank_s": fbank_read, "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
         }, indent=2))  # fmt: skip
+    table = report(args.clips, ways, runs, ref_stages, prof, fbank_read)
+    if args.csv:
+        with open(args.csv, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(table[0]))
+            w.writeheader()
+            w.writerows(table)
     return 0
+
+
+def report(n: int, ways: list[str], runs: list[dict], ref_stages: list[dict], prof: dict, fbank_read) -> list[dict]:
+    """Print the end-to-end and per-stage tables; the per-stage rows."""
+    reference = bool(ref_stages)
+    print(f"\n| way | wall s (best / median of {len(runs)}) | clips/s (best) | CPU s (best) |"
+          + (" speed-up, wall, per repeat | speed-up, CPU, per repeat |" if reference else "")
+          + "\n|---|---:|---:|---:|" + ("---:|---:|" if reference else ""))  # fmt: skip
+    for way in ways:
+        wall = [r[way][0] for r in runs]
+        line = f"| {way} | {min(wall):.1f} / {statistics.median(wall):.1f} | {n / min(wall):.3f} | "
+        line += f"{min(r[way][1] for r in runs):.1f} |"
+        if reference:
+            for i in (0, 1):
+                line += " " + ", ".join(f"{r['reference chain'][i] / r[way][i]:.1f}x" for r in runs) + " |"
+        print(line)
+    table: list[dict] = []
+    if reference:
+        best = min(ref_stages, key=lambda s: sum(w for w, _ in s.values()))
+        total = (sum(w for w, _ in best.values()), sum(c for _, c in best.values()))
+        table += stage_rows("reference", {**best, "total": total}, n)
+    table += stage_rows("avtta in-process", prof, n)
+    print("\n| way | stage | wall s | CPU s | CPU ms per clip | share of CPU |\n|---|---|---:|---:|---:|---:|")
+    for r in table:
+        print(f"| {r['way']} | {r['stage']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['cpu_ms_per_clip']:.0f} | "
+              f"{r['cpu_share_pct']:.1f} % |")  # fmt: skip
+    if fbank_read is not None:
+        print(f"\nreference loader, audio of one read of the 22 sets (wav, DC, Kaldi fbank): {fbank_read:.2f} s, "
+              f"{1000 * fbank_read / (22 * n):.1f} ms per sample, paid again on every pass")  # fmt: skip
+    return table
+
+
+def stage_rows(way: str, stages: dict[str, tuple[float, float]], n: int) -> list[dict]:
+    """Rows way, stage, wall_s, cpu_s, cpu_ms_per_clip, cpu_share_pct, the largest CPU first, the total last."""
+    total_cpu = stages["total"][1] or 1.0
+    order = sorted((k for k in stages if k != "total"), key=lambda k: -stages[k][1]) + ["total"]
+    if way == "reference":
+        order = [k for k in stages if k != "total"] + ["total"]  # the chain's own order
+    return [
+        {"way": way, "stage": k, "wall_s": stages[k][0], "cpu_s": stages[k][1],
+         "cpu_ms_per_clip": 1000 * stages[k][1] / n, "cpu_share_pct": 100 * stages[k][1] / total_cpu}
+        for k in order
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":
