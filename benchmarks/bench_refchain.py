@@ -46,6 +46,7 @@ import csv
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -293,7 +294,14 @@ def avtta_command(root: Path, inputs: dict[str, Path], workers: int, shard_size:
     shutil.rmtree(out, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "avtta", "shard", *shard_args(inputs, out, workers, shard_size)]
-    return run_logged(cmd, root / f"avtta-{workers}.log")
+    log = root / f"avtta-{workers}.log"
+    timing = run_logged(cmd, log)
+    # The command's summary line, e.g. "8 clips: 8 ok, 0 failed; 22 shard sets, ...": every clip in every set.
+    clips = len(inputs["list"].read_text().split())
+    summary = re.findall(r"^(\d+) clips: (\d+) ok, (\d+) failed; (\d+) shard sets", log.read_text(), re.M)
+    if not summary or summary[-1] != (str(clips), str(clips), "0", "22"):
+        raise StageError(f"avtta shard did not write {clips} clips into 22 sets: {summary[-1:]} (log {log})")
+    return timing
 
 
 @contextmanager
