@@ -32,7 +32,7 @@ corrupted JPEG, fbank, writing) says where avtta's time goes.
 The two ways run interleaved, ``--repeats`` times; every ratio is taken within one repeat. Checkouts::
 
     fetch github:Luchicken/BriMPR and github:YuanGongND/cav-mae (or git clone them), outside this repository, then
-    .venv/bin/pip install pydub==0.25.1 Wand==0.7.2 imageio-ffmpeg==0.8.1 && apt-get install libmagickwand-6.q16-6
+    .venv/bin/pip install -r benchmarks/requirements-refchain.txt && apt-get install libmagickwand-6.q16-6
     unshare -n sh -c 'ip link set lo up && .venv/bin/python benchmarks/bench_refchain.py --brimpr /work/ext/BriMPR \
         --cavmae /work/ext/cav-mae'
 
