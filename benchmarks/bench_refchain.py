@@ -152,7 +152,7 @@ def tool_dir(root: Path) -> Path:
         import imageio_ffmpeg
     except ImportError:
         raise SystemExit(
-            "bench_refchain: the reference side needs pip imageio-ffmpeg (pip install imageio-ffmpeg)"
+            "bench_refchain: the reference side needs pip imageio-ffmpeg (benchmarks/requirements-refchain.txt)"
         ) from None
     bin_dir = root / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -182,8 +182,9 @@ def check_reference(brimpr: Path, cavmae: Path) -> None:
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
     if res.returncode:
         raise SystemExit(
-            "bench_refchain: the reference scripts need pip pydub, Wand (with the system libMagickWand: apt-get "
-            f"install libmagickwand-6.q16-6), opencv-python, scikit-image: {res.stderr.strip().splitlines()[-1]}"
+            "bench_refchain: the reference scripts need pip pydub and Wand (pip install -r "
+            "benchmarks/requirements-refchain.txt) and the system libMagickWand (apt-get install "
+            f"libmagickwand-6.q16-6): {res.stderr.strip().splitlines()[-1]}"
         )
 
 
