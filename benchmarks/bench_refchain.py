@@ -32,7 +32,7 @@ corrupted JPEG, fbank, writing) says where avtta's time goes.
 The two ways run interleaved, ``--repeats`` times; every ratio is taken within one repeat. Checkouts::
 
     fetch github:Luchicken/BriMPR and github:YuanGongND/cav-mae (or git clone them), outside this repository, then
-    .venv/bin/pip install pydub==0.25.1 Wand==0.7.2 imageio-ffmpeg==0.8.1 && apt-get install libmagickwand-6.q16-6
+    .venv/bin/pip install -r benchmarks/requirements-refchain.txt && apt-get install libmagickwand-6.q16-6
     unshare -n sh -c 'ip link set lo up && .venv/bin/python benchmarks/bench_refchain.py --brimpr /work/ext/BriMPR \
         --cavmae /work/ext/cav-mae'
 
@@ -46,6 +46,7 @@ import csv
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -151,7 +152,7 @@ def tool_dir(root: Path) -> Path:
         import imageio_ffmpeg
     except ImportError:
         raise SystemExit(
-            "bench_refchain: the reference side needs pip imageio-ffmpeg (pip install imageio-ffmpeg)"
+            "bench_refchain: the reference side needs pip imageio-ffmpeg (benchmarks/requirements-refchain.txt)"
         ) from None
     bin_dir = root / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -181,8 +182,9 @@ def check_reference(brimpr: Path, cavmae: Path) -> None:
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
     if res.returncode:
         raise SystemExit(
-            "bench_refchain: the reference scripts need pip pydub, Wand (with the system libMagickWand: apt-get "
-            f"install libmagickwand-6.q16-6), opencv-python, scikit-image: {res.stderr.strip().splitlines()[-1]}"
+            "bench_refchain: the reference scripts need pip pydub and Wand (pip install -r "
+            "benchmarks/requirements-refchain.txt) and the system libMagickWand (apt-get install "
+            f"libmagickwand-6.q16-6): {res.stderr.strip().splitlines()[-1]}"
         )
 
 
@@ -293,7 +295,14 @@ def avtta_command(root: Path, inputs: dict[str, Path], workers: int, shard_size:
     shutil.rmtree(out, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "avtta", "shard", *shard_args(inputs, out, workers, shard_size)]
-    return run_logged(cmd, root / f"avtta-{workers}.log")
+    log = root / f"avtta-{workers}.log"
+    timing = run_logged(cmd, log)
+    # The command's summary line, e.g. "8 clips: 8 ok, 0 failed; 22 shard sets, ...": every clip in every set.
+    clips = len(inputs["list"].read_text().split())
+    summary = re.findall(r"^(\d+) clips: (\d+) ok, (\d+) failed; (\d+) shard sets", log.read_text(), re.M)
+    if not summary or summary[-1] != (str(clips), str(clips), "0", "22"):
+        raise StageError(f"avtta shard did not write {clips} clips into 22 sets: {summary[-1:]} (log {log})")
+    return timing
 
 
 @contextmanager
