@@ -120,6 +120,12 @@ class RayCluster:
 
 
 @pytest.fixture(scope="session")
+def ray_cluster_type() -> type[RayCluster]:
+    """The cluster class, for a test that starts a cluster of its own (e.g. with other environment variables)."""
+    return RayCluster
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """Address of a real 2-node Ray cluster on 127.0.0.1 (`ray start --head`, then `ray start --address`)."""
     # AVTTA_TEST_RAY_PORT: lets two suite runs on one machine (e.g. under two CPU settings) use separate clusters
