@@ -81,6 +81,7 @@ class RayCluster:
 
         self.port = port
         self.tmp = tempfile.mkdtemp(prefix="avtta-rc-", dir="/tmp")  # short: Ray's socket paths are length-limited
+        self.worker_tmp = tempfile.mkdtemp(prefix="avtta-rw-", dir="/tmp")  # the nodes share no directory
         self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
         self.ray = str(Path(sys.executable).with_name("ray"))
 
@@ -102,7 +103,7 @@ class RayCluster:
         )
         assert head.returncode == 0, head.stderr[-2000:]
         worker = subprocess.run(
-            [self.ray, "start", f"--address=127.0.0.1:{self.port}", *common],
+            [self.ray, "start", f"--address=127.0.0.1:{self.port}", f"--temp-dir={self.worker_tmp}", *common],
             env=self.env,
             capture_output=True,
             text=True,
@@ -113,10 +114,12 @@ class RayCluster:
     def stop(self) -> None:
         # `ray stop` would kill every Ray process of the machine (other tests' too): kill only this cluster's
         subprocess.run(["pkill", "-9", "-f", self.tmp], capture_output=True)
+        subprocess.run(["pkill", "-9", "-f", self.worker_tmp], capture_output=True)
         subprocess.run(["pkill", "-9", "-f", f"127.0.0.1:{self.port}"], capture_output=True)
         import shutil
 
         shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.worker_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -240,10 +243,11 @@ class S3Server:
         self._client().create_bucket(Bucket=name)
         return name
 
-    def stop(self) -> None:
+    def stop(self, crash: bool = False) -> None:
+        """Stop the server (``crash``: SIGKILL at once, as a lost machine; else SIGTERM, then SIGKILL after 5 s)."""
         if self.proc is None:
             return
-        self.proc.terminate()
+        self.proc.kill() if crash else self.proc.terminate()
         try:
             self.proc.wait(timeout=5)  # weed shuts down gracefully in ~1 s, or waits for clients much longer
         except subprocess.TimeoutExpired:
@@ -286,7 +290,7 @@ def s3_server(tmp_path_factory):
     try:
         yield server
     finally:
-        server.stop()
+        server.stop(crash=True)  # its data is thrown away: no need to wait for a graceful shutdown
 
 
 @pytest.fixture

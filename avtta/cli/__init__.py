@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # the S3 client's own INFO lines ("Found credentials in ...") are not the user's concern
+        for name in ("aiobotocore", "botocore", "s3fs", "fsspec"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
