@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from avtta.corruptions import CLEAN, CorruptionOptions, CorruptionSpec, format_spec
 from avtta.shards import storage
@@ -252,23 +253,26 @@ def _key_shard(cat: Catalog, info: ShardSetInfo) -> dict[str, str]:
     return dict(zip(cols["key"], cols["shard"], strict=True))
 
 
-def _sample_rows(cat: Catalog, info: ShardSetInfo) -> list[tuple[str, str, int]]:
-    """(shard path, key, label) of a set's samples in manifest (= writing) order."""
-    cols = cat.samples(info).select(["shard", "key", "label"]).to_pydict()
-    paths = {s: _url(cat, info, s) for s in set(cols["shard"])}
-    return [(paths[s], k, lab) for s, k, lab in zip(cols["shard"], cols["key"], cols["label"], strict=True)]
+def _sample_rows(cat: Catalog, info: ShardSetInfo) -> pa.Table:
+    """``shard`` (path or URL), ``key``, ``label`` of a set's samples in manifest (= writing) order."""
+    return _located(cat.samples(info).select(["shard", "key", "label"]), cat, info)
 
 
-def _member_rows(cat: Catalog, info: ShardSetInfo, field: str | None = None) -> list[tuple[str, str, str, int, int]]:
-    """(shard path, key, field, offset, size) of a set's tar members (only ``field`` when given)."""
+def _member_rows(cat: Catalog, info: ShardSetInfo, field: str | None = None) -> pa.Table:
+    """``shard`` (path), ``key``, ``field``, ``offset``, ``size`` of a set's tar members (only ``field`` when given)."""
     table = cat.members(info)
     if field is not None:
         table = table.filter(pc.equal(table["field"], field))
-    cols = table.to_pydict()
-    paths = {s: _url(cat, info, s) for s in set(cols["shard"])}
-    return list(
-        zip([paths[s] for s in cols["shard"]], cols["key"], cols["field"], cols["offset"], cols["size"], strict=True)
-    )
+    return _located(table, cat, info)
+
+
+def _located(table: pa.Table, cat: Catalog, info: ShardSetInfo) -> pa.Table:
+    """``table`` with its ``shard`` column (file names) made paths (URLs) of the set's files, dictionary encoded:
+    one string per shard, not one per row (a set's member index has 13 rows a sample)."""
+    shard = pc.dictionary_encode(table["shard"].combine_chunks())
+    paths = pa.array([_url(cat, info, s) for s in shard.dictionary.to_pylist()], pa.string())
+    column = pa.DictionaryArray.from_arrays(shard.indices, paths)
+    return table.set_column(table.schema.get_field_index("shard"), "shard", column)
 
 
 def _indexed(
@@ -281,5 +285,7 @@ def _indexed(
     hook: OnTheFly | None = None,
     fetch: FetchConfig | None = None,
 ) -> IndexedLoader:
+    # the index's Arrow tables are gone: hand their memory back to the system rather than keep it cached for the run
+    pa.default_memory_pool().release_unused()
     dataset = IndexedShards(refs, cfg, pin_memory=resolve_pin_memory(pin), hook=hook, fetch=fetch)
     return IndexedLoader(dataset, batch_size, workers, drop_last)
