@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+FIXTURE_CLIP = HERE.parents[1] / "shared" / "fixtures" / "audioset_clip" / "BkjpjAohg-0.mp4"  # beside the clone
 
 
 def _vm_hwm_mib() -> float:
@@ -79,6 +81,7 @@ def adapt_rows(root: Path, sizes: list[int], methods: str, workers: int) -> list
         if not (cat / "catalog.parquet").exists():
             synth_catalog.alias_set(real, cat, "test", n)
             synth_catalog.alias_set(real, cat, "test", 64, dst_split="train")
+        shutil.rmtree(root / f"run-{n}", ignore_errors=True)
         argv = ["adapt", "--catalog", str(cat), "--dataset", "bench", "--protocol", "clean", "--methods", methods,
                 "--checkpoint", str(ckpt), "--seeds", "1", "--device", "cpu", "--workers", str(workers),
                 "--out", str(root / f"run-{n}"), "--no-progress"]  # fmt: skip
@@ -87,19 +90,59 @@ def adapt_rows(root: Path, sizes: list[int], methods: str, workers: int) -> list
     return rows
 
 
-def shard_rows(root: Path, lengths: list[float], sizes: list[int], size: tuple[int, int]) -> list[dict]:
+def looped_clip(src: Path, dst: Path, seconds: float) -> None:
+    """``src`` repeated (packets copied, timestamps shifted, no re-encoding) up to ``seconds``."""
+    import av
+
+    with av.open(str(src)) as inp:  # one pass's length per stream: first dts to the last packet's end
+        span: dict[int, tuple[int, int]] = {}
+        for p in inp.demux():
+            if p.dts is not None:
+                lo, hi = span.get(p.stream.index, (p.dts, p.dts))
+                span[p.stream.index] = (min(lo, p.dts), max(hi, max(p.dts, p.pts or p.dts) + (p.duration or 0)))
+    with av.open(str(dst), "w") as out:
+        streams, shift, done = None, 0, False
+        while not done:
+            with av.open(str(src)) as inp:
+                streams = streams or {s.index: out.add_stream_from_template(s) for s in inp.streams if s.index in span}
+                for p in inp.demux():
+                    if p.dts is None or p.stream.index not in streams:
+                        continue
+                    lo, hi = span[p.stream.index]
+                    p.pts, p.dts = p.pts + shift * (hi - lo), p.dts + shift * (hi - lo)
+                    if p.pts * p.time_base >= seconds:
+                        done = True
+                        continue
+                    p.stream = streams[p.stream.index]
+                    out.mux(p)
+            shift += 1
+
+
+def shard_rows(
+    root: Path, lengths: list[float], sizes: list[int], size: tuple[int, int], clip: Path | None
+) -> list[dict]:
+    import av
     from avtta.pipelines.synth import write_test_video
 
     rows = []
     for seconds in lengths:
         folder = root / f"clip-{seconds:g}s" / "c"
         folder.mkdir(parents=True, exist_ok=True)
-        clip = folder / "clip.mp4"
-        if not clip.exists():
-            write_test_video(clip, seconds=seconds, fps=25, size=size, audio_rate=44100, channels=2, seed=1)
+        made = folder / "clip.mp4"
+        if clip is not None:  # the real clip itself, or looped to the length
+            made.unlink(missing_ok=True)
+            if seconds > 10.5:
+                looped_clip(clip, made, seconds)
+            else:
+                made.symlink_to(clip.resolve())
+        elif not made.exists():
+            write_test_video(made, seconds=seconds, fps=25, size=size, audio_rate=44100, channels=2, seed=1)
+        shutil.rmtree(root / f"shards-{seconds:g}s", ignore_errors=True)  # a fresh job, not a resumed one
         argv = ["shard", "--videos", str(folder.parent), "--out", str(root / f"shards-{seconds:g}s"), "--dataset",
                 "bench", "--workers", "0", "--no-progress"]  # fmt: skip
-        rows.append({"what": "avtta shard, one clip", "seconds_of_video": seconds, **measure(argv)})
+        with av.open(str(made)) as media:
+            length = round(media.duration / 1e6, 2)
+        rows.append({"what": "avtta shard, one clip", "seconds_of_video": length, **measure(argv)})
         print(rows[-1], flush=True)
     base = root / "list-clips" / "c"
     base.mkdir(parents=True, exist_ok=True)
@@ -130,7 +173,13 @@ def main() -> None:
     ap.add_argument("--adapt-sizes", help="samples of the adapt runs (default 240,2400; --full 2400,24000)")
     ap.add_argument("--shard-sizes", help="list entries of the shard runs (default 32,256; --full 240,2400)")
     ap.add_argument("--lengths", default="10,60", help="clip lengths (s) of the one-clip shard runs")
-    ap.add_argument("--size", default="540x360", help="frame size of the shard job's clips (AudioSet-like)")
+    ap.add_argument("--size", default="540x360", help="frame size of the shard job's synthetic clips (AudioSet-like)")
+    ap.add_argument(
+        "--clip",
+        default=str(FIXTURE_CLIP),
+        help="the real clip of the one-clip shard runs, looped (packets copied) to each length; where it is absent, "
+        "synthetic clips of --size (default: the shared AudioSet fixture clip, 540 x 360, 10 s)",
+    )
     ap.add_argument("--methods", default="tent")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the adapt runs")
     ap.add_argument("--workdir", help="keep the data here (default: a temporary folder)")
@@ -138,7 +187,8 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of parts to skip: adapt, shard")
     args = ap.parse_args()
     adapt_sizes = [int(x) for x in (args.adapt_sizes or ("2400,24000" if args.full else "240,2400")).split(",")]
-    shard_sizes = [int(x) for x in (args.shard_sizes or ("240,2400" if args.full else "32,256")).split(",")]
+    shard_sizes = args.shard_sizes if args.shard_sizes is not None else ("240,2400" if args.full else "32,256")
+    shard_sizes = [int(x) for x in shard_sizes.split(",") if x]  # "": no list runs
     root = Path(args.workdir or tempfile.mkdtemp(prefix="avtta-mem-"))
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
@@ -148,7 +198,8 @@ def main() -> None:
         rows += adapt_rows(root / "adapt", adapt_sizes, args.methods, args.workers)
     if "shard" not in args.skip:
         w, h = map(int, args.size.split("x"))
-        rows += shard_rows(root / "shard", [float(x) for x in args.lengths.split(",")], shard_sizes, (w, h))
+        clip = Path(args.clip) if args.clip and Path(args.clip).exists() else None
+        rows += shard_rows(root / "shard", [float(x) for x in args.lengths.split(",")], shard_sizes, (w, h), clip)
     print(f"\n{'what':36s} {'size':>12s} {'peak RSS MiB':>13s} {'children MiB':>13s} {'s':>7s}")
     for r in rows:
         size = f"{r['samples']} samples" if "samples" in r else f"{r['seconds_of_video']:g} s clip"

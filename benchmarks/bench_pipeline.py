@@ -150,6 +150,7 @@ def main() -> None:
     ap.add_argument("--size", default="320x240")
     ap.add_argument("--workdir", help="keep data here (default: a temporary folder)")
     ap.add_argument("--batch-sizes", default="16,64", help="reader batch sizes (64: the references' evaluation batch)")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: shard (raw mp4 -> shards), reader")
     args = ap.parse_args()
     torch.set_num_threads(1)
     w, h = map(int, args.size.split("x"))
@@ -166,6 +167,8 @@ def main() -> None:
         for p in sorted(videos.rglob("*.mp4"))[: args.clips]:
             os.symlink(p, subset / "c" / p.name)
     for label, workers in (("in-process (no Ray)", 0), ("Ray, 1 worker", 1), ("Ray, 2 workers", 2)):
+        if "shard" in args.skip:
+            break
         out = root / f"shards-{workers}"
         shutil.rmtree(out, ignore_errors=True)
         cfg = ShardJobConfig(
@@ -191,6 +194,8 @@ def main() -> None:
         note = f"  (+ {startup:.1f} s to start Ray)" if workers else ""
         print(f"{'raw mp4 -> shards, ' + label:48s} {args.clips / dt:8.2f} clips/s{note}")
 
+    if "reader" in args.skip:
+        return
     copies = max(1, args.reader_samples // args.reader_clips)
     n = args.reader_clips * copies
     reader_set = root / f"reader-shards-{n}"
@@ -244,6 +249,7 @@ def main() -> None:
                 f"reader, batch {bs:3d}, {workers} DataLoader workers: ours {best['ours']:6.0f} samples/s | "
                 f"streaming access {best['ours-stream']:5.0f} | reference {best['reference']:4.0f} | ratio "
                 f"{best['ours'] / best['reference']:5.1f}x (streaming {best['ours-stream'] / best['reference']:4.1f}x)"
+                f" | load average {os.getloadavg()[0]:.1f}"
             )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -291,6 +292,9 @@ class Catalog:
     """The shard sets under an output root, selectable by dataset / split / modality / corruption / severity."""
 
     def __init__(self, root: str | Path):
+        if not storage.is_local(root):  # a URL: the root stays a string, files are read through the storage layer
+            self._init_remote(str(root))
+            return
         path = Path(root)
         if path.name == CATALOG_FILE:
             path = path.parent
@@ -299,15 +303,31 @@ class Catalog:
         self.root = path
         catalog_file = path / CATALOG_FILE
         if catalog_file.exists():
-            rows = pq.read_table(catalog_file).to_pylist()
+            self._load(pq.read_table(catalog_file).to_pylist())
+        else:
+            self._load(None, find_sets(path))
+
+    def _init_remote(self, url: str) -> None:
+        url = url.rstrip("/")
+        if url.endswith("/" + CATALOG_FILE):
+            url = url[: -len(CATALOG_FILE) - 1]
+        self.root = url
+        catalog_file = storage.join(url, CATALOG_FILE)
+        if storage.exists(catalog_file):
+            self._load(_read_parquet(catalog_file).to_pylist())
+            return
+        self._load(None, find_sets(url))
+
+    def _load(self, rows: list[dict[str, Any]] | None, sets: list[ShardSetInfo] | None = None) -> None:
+        if rows is not None:
             self.sets = []
             for row in rows:
                 row["options"] = json.loads(row.get("options") or "{}")
                 self.sets.append(ShardSetInfo.from_json(row))
         else:
-            self.sets = find_sets(path)
+            self.sets = sets or []
         if not self.sets:
-            raise FileNotFoundError(f"no shard sets under {path} (run `avtta shard` or `avtta import` first)")
+            raise FileNotFoundError(f"no shard sets under {self.root} (run `avtta shard` or `avtta import` first)")
 
     def select(
         self,
@@ -350,24 +370,40 @@ class Catalog:
             )
         return found[0]
 
-    def shard_paths(self, info: ShardSetInfo) -> list[Path]:
-        table = pq.read_table(self.root / info.path / SHARDS_FILE)
-        return [self.root / info.path / f for f in table.column("file").to_pylist()]
+    def url(self, info: ShardSetInfo, name: str) -> str:
+        """The path (local catalog) or URL of file ``name`` of a set."""
+        return storage.join(str(self.root), info.path, name)
+
+    def shard_paths(self, info: ShardSetInfo) -> list[Path] | list[str]:
+        """The set's shards: paths for a local catalog, URLs for a remote one."""
+        files = self.shards(info).column("file").to_pylist()
+        if isinstance(self.root, Path):
+            return [self.root / info.path / f for f in files]
+        return [self.url(info, f) for f in files]
+
+    def shards(self, info: ShardSetInfo) -> pa.Table:
+        """The set's ``shards.parquet``: file, samples, bytes, sha256 of every shard."""
+        return _read_parquet(self.url(info, SHARDS_FILE))
 
     def samples(self, info: ShardSetInfo) -> pa.Table:
-        return pq.read_table(self.root / info.path / SAMPLES_FILE)
+        return _read_parquet(self.url(info, SAMPLES_FILE))
 
     def failures(self, info: ShardSetInfo) -> pa.Table:
-        return pq.read_table(self.root / info.path / FAILURES_FILE)
+        return _read_parquet(self.url(info, FAILURES_FILE))
 
     def members(self, info: ShardSetInfo) -> pa.Table:
         """The set's member index (``members.parquet``); sets written before it existed are scanned instead."""
-        path = self.root / info.path / MEMBERS_FILE
-        if path.exists():
-            return pq.read_table(path)
+        path = self.url(info, MEMBERS_FILE)
+        if storage.exists(path):
+            return _read_parquet(path)
         from avtta.shards.index import scan_members
 
-        return members_table((shard.name, *m) for shard in self.shard_paths(info) for m in scan_members(shard))
+        shards = [storage.join(str(self.root), info.path, f) for f in self.shards(info).column("file").to_pylist()]
+        rows = []
+        for shard in shards:
+            with storage.local_copy(shard) as local:
+                rows += [(os.path.basename(shard), *m) for m in scan_members(local)]
+        return members_table(rows)
 
     def classes(self, dataset: str) -> list[tuple[str, str]]:
         return load_classes(self.root, dataset)
@@ -388,6 +424,13 @@ class Catalog:
             }
             for s in self.sets
         ]
+
+
+def _read_parquet(url: str) -> pa.Table:
+    """A Parquet file of a local or remote catalog (one whole GET: manifests are small)."""
+    if storage.is_local(url):
+        return pq.read_table(storage.local_path(url))
+    return pq.read_table(pa.BufferReader(storage.read_bytes(url)))
 
 
 def format_table(rows: Iterable[dict[str, Any]]) -> str:

@@ -16,6 +16,10 @@ it and compute its fbank (float16, as stored), the costly parts, which scale wit
 ``hook.fbank_device`` the workers send the corrupted waveforms and the consuming process computes the batch's fbanks
 on that device (CUDA).
 
+The sample index (:class:`SampleRefs`) is columnar: numpy arrays of shard indices and byte ranges and the keys in one
+buffer (:class:`Keys`), about 200 B a sample and no Python object per sample, built from the manifests' Arrow
+columns without a Python loop over members.
+
 Shuffling is a full permutation of the set, seeded by ``(seed, epoch)``; per-sample randomness (the random training
 frame, SpecAugment masks) is seeded by ``(seed, epoch, sample)``. Batches therefore do not depend on the number of
 workers. The samples are exactly those of the streaming reader (:class:`avtta.shards.reader.ShardStream`), with
@@ -36,27 +40,68 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from .fbank import compute_fbank, decode_flac, kaldi_fbank_batch
+from .fetch import FetchConfig, is_remote
 from .index import MemberReader
 from .loader import Loader, ReaderConfig, SampleHook, decode_rgb, join_keys, load_image
 from .schema import FBANK_DTYPE, FBANK_FIELD, FRAME_RE, META_FIELD, TARGET_LENGTH, WAVE_FIELD
 from .transforms import NUM_MEL_BINS, fill_fbank, fill_image, frame_index, load_fbank
 
 
+class Keys(Sequence[str]):
+    """Sample keys as one UTF-8 buffer and their offsets: no Python object per sample while they are kept.
+
+    A selection's keys live as long as its loader (and in every DataLoader worker); a list of strings costs about
+    70 B a key and pages that forked workers copy as soon as they touch the reference counts. Keys are decoded when
+    a batch names them (:meth:`take`).
+    """
+
+    def __init__(self, data: bytes, offsets: np.ndarray):
+        self._data = data
+        self._offsets = offsets  # int64 [N + 1]: key i is data[offsets[i]:offsets[i + 1]]
+
+    @classmethod
+    def from_arrow(cls, keys: pa.Array | pa.ChunkedArray) -> Keys:
+        keys = pc.cast(keys, pa.large_string())
+        keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+        if keys.null_count:
+            raise ValueError("sample keys must not be null")
+        _, offsets, data = keys.buffers()
+        offsets = np.frombuffer(offsets, dtype=np.int64, count=len(keys) + 1, offset=keys.offset * 8)
+        start, end = int(offsets[0]), int(offsets[-1])
+        return cls(data.to_pybytes()[start:end] if data is not None else b"", offsets - start)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        i = range(len(self))[i]  # negative indices; IndexError out of range
+        return self._data[self._offsets[i] : self._offsets[i + 1]].decode()
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> list[str]:
+        """The keys at ``indices`` (one numpy gather per batch, not a lookup per sample)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        data, starts, ends = self._data, self._offsets[idx].tolist(), self._offsets[idx + 1].tolist()
+        return [data[a:b].decode() for a, b in zip(starts, ends, strict=True)]
+
+
 @dataclass
 class SampleRefs:
-    """Where every sample of a selection lies: shard file indices and (offset, size) byte ranges.
+    """Where every sample of a selection lies: shard file indices and (offset, size) byte ranges, as numpy arrays.
 
     ``frames[i, k]`` is frame ``k`` of sample ``i`` (size -1 where a sample has fewer frames); ``meta`` is the
     metadata JSON member. Frames and metadata come from the video set, the fbank from the audio set (the same set
-    unless two sets are joined).
+    unless two sets are joined). About 200 B a sample with 10 frames, and no Python object per sample, so the
+    index of a large set is cheap to hold and to hand to DataLoader workers.
     """
 
     paths: list[str]
-    keys: list[str]
+    keys: Keys
     labels: np.ndarray  # int64 [N], from the manifest (the same value as the <key>.cls member)
     video_shard: np.ndarray  # int32 [N] index into paths
     frames: np.ndarray  # int64 [N, F, 2]
@@ -72,72 +117,158 @@ class SampleRefs:
     @classmethod
     def build(
         cls,
-        samples: Sequence[tuple[str, str, int]],
-        video_members: Sequence[tuple[str, str, str, int, int]],
-        audio_members: Sequence[tuple[str, str, str, int, int]] | None = None,
+        samples: pa.Table,
+        video_members: pa.Table,
+        audio_members: pa.Table | None = None,
         names: tuple[str, str] = ("the video set", "the audio set"),
     ) -> SampleRefs:
-        """Join manifests into references.
+        """Join manifests into references, column by column (Arrow and numpy; nothing per sample in Python).
 
         Args:
-            samples: ``(shard path, key, label)`` of the video set in reading order.
-            video_members: ``(shard path, key, field, offset, size)`` of the video set.
-            audio_members: the same for the set the fbank comes from (None: the video set). The two sets are joined
-                by key (:func:`.loader.join_keys`): clips that failed in one set only are left out.
+            samples: the video set's samples in reading order: ``shard`` (the shard's path, plain or dictionary
+                encoded), ``key``, ``label``.
+            video_members: the video set's member index: ``shard`` (path), ``key``, ``field``, ``offset``, ``size``.
+            audio_members: the same for the set the fbank comes from (None: the video set; only its fbank rows are
+                used). The two sets are joined by key (:func:`.loader.join_keys`): clips that failed in one set only
+                are left out.
             names: the two sets, for messages.
         """
-        by_sample: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
-        for shard, key, field, offset, size in video_members:
-            by_sample.setdefault((shard, key), {})[field] = (offset, size)
-        fbank_of: dict[str, tuple[str, int, int]] = {}
+        keys, (vcode, paths) = _array(samples["key"]), _shard_codes(samples["shard"], [])
+        labels = samples["label"].to_numpy().astype(np.int64)
         if audio_members is not None:
-            fbanks = [
-                (key, (shard, offset, size))
-                for shard, key, field, offset, size in audio_members
-                if field == FBANK_FIELD
-            ]
-            joined = set(join_keys([key for _, key, _ in samples], [key for key, _ in fbanks], *names).keys)
-            samples = [row for row in samples if row[1] in joined]
-            fbank_of = dict(fbanks)
-        paths: dict[str, int] = {}
-        keys, labels, vshard, ashard, fbank, meta, wave, frame_lists = [], [], [], [], [], [], [], []
-        for shard, key, label in samples:
-            fields = by_sample.get((shard, key))
-            if fields is None:
-                raise ValueError(f"sample {key!r} of the manifest is not in the member index of {shard}")
+            afbank = audio_members.filter(pc.equal(audio_members["field"], FBANK_FIELD))
+            akeys = _array(afbank["key"])
+            joined = join_keys(keys.to_pylist(), akeys.to_pylist(), *names).keys  # (transient: keys only)
+            keep = pc.is_in(keys, value_set=pa.array(joined, pa.string()))
+            keys, vcode, labels = keys.filter(keep), vcode[_bools(keep)], labels[_bools(keep)]
+            row = pc.index_in(keys, value_set=akeys).to_numpy(zero_copy_only=False)  # all found: joined
+            acode, paths = _shard_codes(afbank["shard"], paths)
+            ashard, fbank = acode[row], _ranges(afbank)[row]
+        n = len(keys)
+        mcode, paths = _shard_codes(video_members["shard"], paths)
+        sample_of, first = _sample_of(vcode, keys, mcode, _array(video_members["key"]))
+        field = _array(video_members["field"])
+        ranges = _ranges(video_members)
+        present = np.zeros(n, dtype=bool)
+        present[sample_of[sample_of >= 0]] = True
+
+        def one(name: str) -> tuple[np.ndarray, np.ndarray]:
+            """(offset, size) of member ``name`` of every sample ((0, -1) where it has none), and where it has one."""
+            rows = _bools(pc.equal(field, name)) & (sample_of >= 0)
+            out = np.tile(np.array([0, -1], dtype=np.int64), (n, 1))
+            out[sample_of[rows]] = ranges[rows]
+            have = np.zeros(n, dtype=bool)
+            have[sample_of[rows]] = True
+            return out, have
+
+        meta, _ = one(META_FIELD)
+        wave, _ = one(WAVE_FIELD)
+        if audio_members is None:
+            fbank, has_fbank = one(FBANK_FIELD)
+            ashard = vcode
+        else:
+            has_fbank = np.ones(n, dtype=bool)
+        frames, num_frames, frames_ok = _frame_ranges(field, sample_of, ranges, n)
+        if (first != np.arange(n)).any():
+            present, meta, wave, frames, num_frames, frames_ok = (
+                a[first] for a in (present, meta, wave, frames, num_frames, frames_ok)
+            )
             if audio_members is None:
-                if FBANK_FIELD not in fields:
-                    raise ValueError(f"sample {key!r} in {shard} has no {FBANK_FIELD} member")
-                apath, (aoff, asize) = shard, fields[FBANK_FIELD]
-            else:
-                apath, aoff, asize = fbank_of[key]
-            frames = sorted((int(m.group(1)), rng) for f, rng in fields.items() if (m := FRAME_RE.match(f)))
-            if not frames or [k for k, _ in frames] != list(range(len(frames))):
-                raise ValueError(f"sample {key!r} in {shard} has frames {[k for k, _ in frames]}, not 0..N-1")
-            keys.append(key)
-            labels.append(int(label))
-            vshard.append(paths.setdefault(shard, len(paths)))
-            ashard.append(paths.setdefault(apath, len(paths)))
-            fbank.append((aoff, asize))
-            meta.append(fields.get(META_FIELD, (0, -1)))
-            wave.append(fields.get(WAVE_FIELD, (0, -1)))
-            frame_lists.append([rng for _, rng in frames])
-        width = max((len(f) for f in frame_lists), default=1)
-        frames_arr = np.full((len(keys), width, 2), -1, dtype=np.int64)
-        for i, f in enumerate(frame_lists):
-            frames_arr[i, : len(f)] = f
+                fbank, has_fbank = fbank[first], has_fbank[first]
+        bad = ~(present & has_fbank & frames_ok)
+        if bad.any():
+            i = int(np.argmax(bad))
+            key, shard = keys[i].as_py(), paths[vcode[i]]
+            if not present[i]:
+                raise ValueError(f"sample {key!r} of the manifest is not in the member index of {shard}")
+            if not has_fbank[i]:
+                raise ValueError(f"sample {key!r} in {shard} has no {FBANK_FIELD} member")
+            mine = _bools(pc.match_substring_regex(field, FRAME_RE.pattern)) & (sample_of == first[i])
+            have = sorted(_frame_numbers(field.filter(pa.array(mine))).tolist())
+            raise ValueError(f"sample {key!r} in {shard} has frames {have}, not 0..N-1")
         return cls(
-            paths=list(paths),
-            keys=keys,
-            labels=np.asarray(labels, dtype=np.int64),
-            video_shard=np.asarray(vshard, dtype=np.int32),
-            frames=frames_arr,
-            num_frames=np.asarray([len(f) for f in frame_lists], dtype=np.int32),
-            meta=np.asarray(meta, dtype=np.int64).reshape(-1, 2),
-            audio_shard=np.asarray(ashard, dtype=np.int32),
-            fbank=np.asarray(fbank, dtype=np.int64).reshape(-1, 2),
-            wave=np.asarray(wave, dtype=np.int64).reshape(-1, 2),
+            paths=paths,
+            keys=Keys.from_arrow(keys),
+            labels=labels,
+            video_shard=vcode.astype(np.int32),
+            frames=frames,
+            num_frames=num_frames,
+            meta=meta,
+            audio_shard=ashard.astype(np.int32),
+            fbank=fbank,
+            wave=wave,
         )
+
+
+def _array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _bools(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean Arrow column as numpy (nulls, which only null inputs give, count as False)."""
+    return _array(mask).fill_null(False).to_numpy(zero_copy_only=False)
+
+
+def _shard_codes(shard: pa.Array | pa.ChunkedArray, paths: list[str]) -> tuple[np.ndarray, list[str]]:
+    """A shard column (paths, plain or dictionary encoded) -> an index into ``paths`` per row, and ``paths`` with the
+    new paths appended (one list for both sets of a join)."""
+    shard = _array(shard)
+    if not pa.types.is_dictionary(shard.type):
+        shard = pc.dictionary_encode(shard)
+    if shard.null_count:
+        raise ValueError("the shard column of a manifest must not be null")
+    names = shard.dictionary.to_pylist()  # the distinct shards: a few per set
+    slot = {p: i for i, p in enumerate(paths)}
+    for p in names:
+        slot.setdefault(p, len(slot))
+    return np.asarray([slot[p] for p in names], dtype=np.int64)[shard.indices.to_numpy()], list(slot)
+
+
+def _sample_of(vcode: np.ndarray, keys: pa.Array, mcode: np.ndarray, mkeys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The sample (index into ``keys``; -1: none) each member row belongs to, matched on (shard, key), and the
+    first listing of every sample (itself, unless the manifest lists a sample twice; its members go to the first).
+    """
+    if pc.count_distinct(keys).as_py() == len(keys):  # the usual case: keys alone identify the samples
+        sample_of = pc.index_in(mkeys, value_set=keys).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        sample_of[(sample_of >= 0) & (vcode[sample_of] != mcode)] = -1  # the key, but in another shard
+        return sample_of, np.arange(len(keys))
+
+    def shard_key(codes: np.ndarray, k: pa.Array) -> pa.Array:
+        return pc.binary_join_element_wise(pc.cast(pa.array(codes), pa.string()), k, "/")
+
+    sample_key = shard_key(vcode, keys)
+    first = pc.index_in(sample_key, value_set=sample_key).to_numpy(zero_copy_only=False)
+    sample_of = pc.index_in(shard_key(mcode, mkeys), value_set=sample_key).fill_null(-1)
+    return sample_of.to_numpy(zero_copy_only=False).astype(np.int64), first
+
+
+def _ranges(members: pa.Table) -> np.ndarray:
+    """int64 [rows, 2]: (offset, size) of every member row."""
+    return np.stack([members["offset"].to_numpy(), members["size"].to_numpy()], axis=1).astype(np.int64)
+
+
+def _frame_numbers(field: pa.Array) -> np.ndarray:
+    """The frame index of every ``frame_<k>.jpg`` field (the caller selects those rows)."""
+    return pc.cast(pc.utf8_slice_codeunits(field, 6, -4), pa.int64()).to_numpy()
+
+
+def _frame_ranges(
+    field: pa.Array, sample_of: np.ndarray, ranges: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """frames int64 [N, F, 2] ((0, -1) past a sample's last frame), frame counts int32 [N], and whether each sample's
+    frames are exactly 0..count-1."""
+    rows = _bools(pc.match_substring_regex(field, FRAME_RE.pattern)) & (sample_of >= 0)
+    s, k, rng = sample_of[rows], _frame_numbers(field.filter(pa.array(rows))), ranges[rows]
+    count = np.bincount(s, minlength=n)
+    fits = k < count[s]  # frames 0..count-1 all fit below count; a larger index is a gap
+    ok = count > 0
+    ok[s[~fits]] = False
+    seen = np.zeros((n, max(int(count.max(initial=0)), 1)), dtype=np.int64)
+    np.add.at(seen, (s[fits], k[fits]), 1)
+    ok &= (seen <= 1).all(axis=1)  # each of count frames at most once and all below count: exactly 0..count-1
+    frames = np.full((n, seen.shape[1], 2), -1, dtype=np.int64)
+    frames[s[fits], k[fits]] = rng[fits]
+    return frames, count.astype(np.int32), ok
 
 
 @lru_cache(maxsize=64)
@@ -177,8 +308,13 @@ class IndexedShards(Dataset):
     """
 
     def __init__(
-        self, refs: SampleRefs, cfg: ReaderConfig, pin_memory: bool = False, hook: SampleHook | None = None
-    ):  # fmt: skip
+        self,
+        refs: SampleRefs,
+        cfg: ReaderConfig,
+        pin_memory: bool = False,
+        hook: SampleHook | None = None,
+        fetch: FetchConfig | None = None,
+    ):
         self.refs = refs
         self.cfg = cfg
         self.pin_memory = pin_memory
@@ -192,12 +328,12 @@ class IndexedShards(Dataset):
                     "corrupting audio while reading needs the set written with --waveform"
                 )
         self.epoch = 0
-        self._reader = MemberReader()
+        self._reader = MemberReader(fetch=fetch)
+        # shards behind URLs without a local cache copy: each batch's ranges are fetched together, coalesced, and
+        # a DataLoader worker fetches a sample's fbank with its frame and hands the fbank bytes on
+        self._ranged = any(is_remote(p) for p in refs.paths) and not (fetch is not None and fetch.cache_dir)
         self._out = OutputBuffers(pin_memory)
         self._ring: FrameRing | None = None  # set by IndexedLoader for the lifetime of its DataLoader workers
-        # (path, offset, size) of every fbank as Python objects: indexing numpy arrays per sample costs more
-        shard, offset, size = refs.audio_shard.tolist(), refs.fbank[:, 0].tolist(), refs.fbank[:, 1].tolist()
-        self._fbank_at = [(refs.paths[s], o, n) for s, o, n in zip(shard, offset, size, strict=True)]
         if cfg.frame not in ("eval", "random"):
             k = int(cfg.frame)
             short = np.flatnonzero(refs.num_frames <= k)
@@ -263,13 +399,39 @@ class IndexedShards(Dataset):
         fbank = kaldi_fbank_batch([w for w, _ in waves], rates.pop(), device=self.hook.fbank_device)
         return fbank.to(torch.float16).cpu()  # the storage precision of a written set
 
-    def _fbank(self, i: int) -> np.ndarray:
-        data = self._reader.read_scratch(*self._fbank_at[i])  # a short read names the shard itself
+    def _prefetch(self, indices: Sequence[int], frames: bool, fbanks: bool, metadata: bool = False) -> None:
+        """Ranged reads: fetch what the batch will read (its frames, fbanks, metadata, waveforms) in coalesced GETs."""
+        if not self._ranged:
+            return
+        refs, hook = self.refs, self.hook
+        wanted = []
+        for i in indices:
+            path = refs.paths[refs.video_shard[i]]
+            if frames:
+                offset, size = refs.frames[i, self._frame(i)].tolist()
+                wanted.append((path, offset, size))
+                if hook is not None and hook.audio:
+                    wanted.append((path, *refs.wave[i].tolist()))
+            if fbanks and (hook is None or not hook.audio):
+                wanted.append(self._fbank_ref(i))
+            if metadata and self.cfg.with_metadata and refs.meta[i, 1] >= 0:
+                wanted.append((path, *refs.meta[i].tolist()))
+        self._reader.prefetch(wanted)
+
+    def _fbank_ref(self, i: int) -> tuple[str, int, int]:
+        """(shard path, offset, size) of sample ``i``'s fbank."""
+        offset, size = self.refs.fbank[i].tolist()
+        return self.refs.paths[self.refs.audio_shard[i]], offset, size
+
+    def _fbank(self, i: int, path: str, offset: int, size: int, shipped: memoryview | None = None) -> np.ndarray:
+        # a short read names the shard itself; ``shipped``: the bytes a DataLoader worker fetched
+        data = shipped if shipped is not None else self._reader.read_scratch(path, offset, size)
         try:
             return npy_view(data)
         except ValueError as err:
-            key, path = self.refs.keys[i], self._fbank_at[i][0]
-            raise ValueError(f"sample {key!r} in {path}: the fbank member is not a usable npy ({err})") from None
+            raise ValueError(
+                f"sample {self.refs.keys[i]!r} in {path}: the fbank member is not a usable npy ({err})"
+            ) from None
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         """In a DataLoader worker: the decoded frames of ``indices``, uint8 [B, 3, R, R] in shared memory (a slot of
@@ -279,11 +441,15 @@ class IndexedShards(Dataset):
         if info is None:
             return {"index": list(indices)}
         b, res = len(indices), self.cfg.im_res
+        ship = self._ranged and (self.hook is None or not self.hook.audio)
+        self._prefetch(indices, frames=True, fbanks=ship)
         slot = self._ring.acquire(info.id) if self._ring is not None else None
         out = self._ring.slot(info.id, slot)[:b] if slot is not None else _shared((b, 3, res, res))
         for j, i in enumerate(indices):
             out[j].copy_(self._image(i))  # one frame at a time: its decode buffer is freed and reused at once
         part: dict[str, Any] = {"index": list(indices)}
+        if ship:  # fetched with the frames (one GET when adjacent): the fbank bytes go on in one shared buffer
+            part["fbank_bytes"] = _pack_bytes([self._reader.read(*self._fbank_ref(i)) for i in indices])
         if self.hook is not None and self.hook.audio:  # the costly fbanks (or the waveforms) are made here too
             if self.hook.fbank_device is None:
                 fbank = _shared((b, TARGET_LENGTH, NUM_MEL_BINS), torch.float16)
@@ -306,9 +472,18 @@ class IndexedShards(Dataset):
         audio = self._out.get("audio", (b, cfg.target_length, NUM_MEL_BINS))
         video = self._out.get("video", (b, 3, res, res))
         metadata = []
+        shipped = _unpack_bytes(part["fbank_bytes"]) if "fbank_bytes" in part else None
+        self._prefetch(indices, frames=frames is None, fbanks=shipped is None, metadata=True)
         changed = self._fbanks(part)
+        # the batch's fbank locations in one numpy gather (indexing the arrays per sample costs more)
+        shards, ranges = (
+            (refs.audio_shard[indices].tolist(), refs.fbank[indices].tolist()) if changed is None else ((), ())
+        )
         for j, i in enumerate(indices):
-            stored = self._fbank(i) if changed is None else changed[j]
+            if changed is None:
+                stored = self._fbank(i, refs.paths[shards[j]], *ranges[j], shipped[j] if shipped else None)
+            else:
+                stored = changed[j]
             stored = stored.numpy() if isinstance(stored, torch.Tensor) else stored
             fbank = load_fbank(stored, cfg.target_length, cfg.freqm, cfg.timem, self._mask_generator(i))
             fill_fbank(audio[j], fbank)
@@ -323,7 +498,7 @@ class IndexedShards(Dataset):
             "audio": audio,
             "video": video,
             "label": torch.from_numpy(refs.labels[indices]),
-            "key": [refs.keys[i] for i in indices],
+            "key": refs.keys.take(indices),
         }
         if cfg.with_metadata:
             batch["metadata"] = metadata
@@ -420,6 +595,22 @@ def _shared(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.T
     size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
     storage = torch.UntypedStorage._new_shared(size)  # noqa: SLF001 - as default_collate does
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def _pack_bytes(items: Sequence[bytes | bytearray]) -> tuple[torch.Tensor, list[int]]:
+    """Byte strings -> one shared-memory uint8 buffer and their end offsets (one transfer to the main process)."""
+    ends = np.cumsum([len(x) for x in items]).tolist()
+    buf = _shared((ends[-1] if ends else 0,))
+    view = buf.numpy()
+    for item, start, end in zip(items, [0, *ends[:-1]], ends, strict=True):
+        view[start:end] = np.frombuffer(item, dtype=np.uint8)
+    return buf, ends
+
+
+def _unpack_bytes(packed: tuple[torch.Tensor, list[int]]) -> list[memoryview]:
+    buf, ends = packed
+    data = memoryview(buf.numpy()).cast("B")
+    return [data[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 def _identity(batch: Any) -> Any:
