@@ -142,6 +142,8 @@ def test_two_jobs_at_once_under_one_root(small_videos, s3_bucket, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [r[1][-2000:] for r in results]
     table = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(out, CATALOG_FILE))))
     assert sorted(table.column("dataset").to_pylist()) == ["left", "left", "right", "right"]
+    listed = cli("catalog", out)
+    assert listed.returncode == 0 and "left" in listed.stdout and "right" in listed.stdout, listed.stderr[-2000:]
 
 
 def test_secret_never_written_or_logged(small_videos, s3_server, s3_bucket, tmp_path):
