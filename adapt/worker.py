@@ -87,6 +87,7 @@ class AdaptConfig:
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
     ray_address: str | None = None
     cache_dir: str | None = None  # a catalog behind a URL: keep its shards in this local folder (sha256-keyed)
+    ray_retries: int = 3  # times a job lost with its Ray worker (process or node died) is run again, from reset
     progress: bool = True
     quiet: bool = False  # do not print the table (callers that print their own, e.g. the demo)
     valuation: bool = False  # per-sample modality valuation (phi_a, phi_v) with one extra pair of forwards per batch
@@ -103,6 +104,8 @@ class AdaptConfig:
             raise ValueError("--on-the-fly reads the clean set by index: it cannot be combined with --access stream")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed")
+        if self.ray_retries < 0:
+            raise ValueError(f"--ray-retries must be >= 0, got {self.ray_retries}")
         if not storage.exists(self.checkpoint):
             raise FileNotFoundError(f"--checkpoint {self.checkpoint} does not exist")
 
@@ -517,11 +520,17 @@ def _run_jobs(cfg: AdaptConfig, jobs: list[Job], per_job: dict[str, int]) -> lis
         unit_of=lambda job: sum(per_job[c.name] for c in job.conditions),
         actor_options=_actor_options,
         verbose=cfg.verbose,
+        retries=cfg.ray_retries,  # a job is safe to rerun: run() resets the method to the source weights first
+        describe=_describe_job,
     )
 
 
 def _absolute(path: str) -> str:
     return str(Path(path).resolve()) if storage.is_local(path) else path
+
+
+def _describe_job(job: Job) -> str:
+    return f"adaptation job {job.method} on {', '.join(c.name for c in job.conditions)}, seed {job.seed}"
 
 
 def _actor_options(resources: dict[str, float]) -> dict[str, Any]:

@@ -267,7 +267,7 @@ def _member_rows(cat: Catalog, info: ShardSetInfo, field: str | None = None) -> 
 
 
 def _located(table: pa.Table, cat: Catalog, info: ShardSetInfo) -> pa.Table:
-    """``table`` with its ``shard`` column (file names) made paths (URLs) of the set's files, dictionary encoded:
+    """``table`` with its ``shard`` column (file names) made paths or URLs of the set's files, dictionary encoded:
     one string per shard, not one per row (a set's member index has 13 rows a sample)."""
     shard = pc.dictionary_encode(table["shard"].combine_chunks())
     paths = pa.array([_url(cat, info, s) for s in shard.dictionary.to_pylist()], pa.string())

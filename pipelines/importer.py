@@ -492,6 +492,7 @@ class ImportConfig:
     waveform: bool = False
     workers: int | None = None  # None: all CPUs on Ray; 0: in-process
     ray_address: str | None = None
+    ray_retries: int = 3  # times a chunk lost with its Ray worker (process or node died) is run again
     progress: bool = True
     verbose: bool = False  # let the embedded Ray's own output through
 
@@ -505,7 +506,7 @@ class ImportConfig:
             raise ValueError("--labels LABEL_CSV is required with --json (the lists hold mids, not indices)")
         if not self.frames or any(k < 0 for k in self.frames) or len(set(self.frames)) != len(self.frames):
             raise ValueError(f"--frames must list distinct frame indices >= 0, got {self.frames}")
-        setjob.check_min(shard_size=self.shard_size, workers=self.workers)
+        setjob.check_min(shard_size=self.shard_size, workers=self.workers, ray_retries=self.ray_retries)
         setjob.check_names(dataset=self.dataset, split=self.split)
 
 
@@ -531,6 +532,11 @@ class ImportReport:
     relpath: str
     ok: int = 0
     failed: int = 0
+
+
+def _describe_task(task: ImportTask) -> str:
+    first = task.entries[0][0] if task.entries else "no entries"
+    return f"chunk {task.index} of {task.relpath} ({len(task.entries)} entries from {first})"
 
 
 def process_import_task(task: ImportTask) -> ImportReport:
@@ -696,7 +702,14 @@ def run_import(cfg: ImportConfig) -> ImportSummary:
     log.info(
         "%d sets, %d entries, %d chunks (%d to do)", len(sets), sum(len(s.entries) for s in sets), len(tasks), len(todo)
     )
-    setjob.run_chunks(process_import_task, todo, cfg, desc="samples imported", unit_of=lambda t: len(t.entries))
+    setjob.run_chunks(
+        process_import_task,
+        todo,
+        cfg,
+        desc="samples imported",
+        unit_of=lambda t: len(t.entries),
+        describe=_describe_task,
+    )
     infos = []
     ok = failed = 0
     for s in sets:

@@ -73,14 +73,14 @@ def check_names(**names: str) -> None:
 
 
 def check_min(**values: int | None) -> None:
-    """Check option lower bounds (``frames``, ``frame_size``, ``shard_size``, ``workers``); None passes."""
+    """Check option lower bounds (``_MINIMA``: frames, frame size, shard size, workers, Ray retries); None passes."""
     for name, value in values.items():
         bound = _MINIMA[name]
         if value is not None and value < bound:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {bound}, got {value}")
 
 
-_MINIMA = {"frames": 1, "frame_size": 16, "shard_size": 1, "workers": 0}
+_MINIMA = {"frames": 1, "frame_size": 16, "shard_size": 1, "workers": 0, "ray_retries": 0}
 
 
 def encode_flac(waveform: np.ndarray, sample_rate: int) -> bytes:
@@ -177,12 +177,21 @@ def start_sets(out: str | Path, dataset: str, classes: Sequence[tuple[str, str]]
                 )
         else:
             write_json({"fingerprint": t.fingerprint, **t.job}, job_file)
-        if storage.is_local(set_dir):  # remote writes stage outside the bucket: nothing half-written to remove
-            for folder in (storage.local_path(set_dir), storage.local_path(set_dir) / PARTS_DIR):
-                if folder.is_dir():  # temporaries of a killed run, never under a final name
-                    for p in folder.iterdir():
-                        if is_temp_name(p.name):
-                            p.unlink(missing_ok=True)
+        remove_temporaries(set_dir)  # of a killed run
+
+
+def remove_temporaries(set_dir: str | Path) -> None:
+    """Remove the temporary files of writers killed midway (a killed run, a lost Ray worker): never final names.
+
+    Remote writes stage outside the bucket (an object appears only whole), so there is nothing half-written to remove.
+    """
+    if not storage.is_local(set_dir):
+        return
+    for folder in (storage.local_path(set_dir), storage.local_path(set_dir) / PARTS_DIR):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if is_temp_name(p.name):
+                    p.unlink(missing_ok=True)
 
 
 def done_chunks(out: str | Path, relpaths: Iterable[str], indices: Iterable[int]) -> set[int]:
@@ -269,6 +278,7 @@ def complete_set(
     a callable given the shard rows. Returns (info, shard rows, failure rows).
     """
     set_dir = storage.join(out, target.relpath)
+    remove_temporaries(set_dir)  # what the lost attempts of a chunk left (a worker killed while writing)
     samples, shards, failures = write_set_tables(set_dir, (read_part(set_dir, i) for i in indices))
     if callable(fields.get("frame_size")):
         fields["frame_size"] = fields["frame_size"](shards)
@@ -285,10 +295,14 @@ def complete_set(
     return info, shards, failures
 
 
-def run_chunks(fn: Callable[[Any], Any], tasks: Sequence[Any], cfg: Any, *, desc: str, unit_of: Callable) -> list:
+def run_chunks(
+    fn: Callable[[Any], Any], tasks: Sequence[Any], cfg: Any, *, desc: str, unit_of: Callable, describe: Callable
+) -> list:
     """Run ``fn`` over the chunk tasks with :func:`~.ray_runner.run_tasks`, as the job config says.
 
-    ``cfg`` carries ``workers``, ``ray_address``, ``progress`` and ``verbose`` (``ShardJobConfig``, ``ImportConfig``).
+    ``cfg`` carries ``workers``, ``ray_address``, ``ray_retries``, ``progress`` and ``verbose`` (``ShardJobConfig``,
+    ``ImportConfig``); ``describe`` names a task in the message of a chunk given up after lost workers. A chunk is
+    safe to run again (its shards and part files are written atomically, and a part file written is not redone).
     """
     from .ray_runner import FunctionWorker, run_tasks
 
@@ -301,6 +315,8 @@ def run_chunks(fn: Callable[[Any], Any], tasks: Sequence[Any], cfg: Any, *, desc
         desc=desc,
         unit_of=unit_of,
         verbose=cfg.verbose,
+        retries=cfg.ray_retries,
+        describe=describe,
     )
 
 

@@ -56,12 +56,13 @@ class ShardJobConfig:
     crowd_image_dir: str | None = None
     workers: int | None = None  # None: all CPUs; 0: in-process without Ray
     ray_address: str | None = None
+    ray_retries: int = 3  # times a chunk lost with its Ray worker (process or node died) is run again
     progress: bool = True
     verbose: bool = False  # let the embedded Ray's own output through
 
     def validate(self) -> None:
         setjob.check_min(frames=self.frames, frame_size=self.frame_size, shard_size=self.shard_size)
-        setjob.check_min(workers=self.workers)
+        setjob.check_min(workers=self.workers, ray_retries=self.ray_retries)
         if self.missing not in ("fail", "fill"):
             raise ValueError(f"--missing must be 'fail' or 'fill', got {self.missing!r}")
         setjob.check_names(dataset=self.dataset, split=self.split)
@@ -95,6 +96,11 @@ class ChunkReport:
     bytes: int = 0
     skipped: bool = False
     per_set: dict[str, Any] = field(default_factory=dict)
+
+
+def _describe_chunk(task: ChunkTask) -> str:
+    first = task.clips[0].source if task.clips else "no clips"
+    return f"chunk {task.index} ({len(task.clips)} clips from {first})"
 
 
 def process_chunk(task: ChunkTask) -> ChunkReport:
@@ -296,7 +302,9 @@ def run_shard_job(cfg: ShardJobConfig) -> JobSummary:
         len(targets),
         len(todo),
     )
-    reports = setjob.run_chunks(process_chunk, todo, cfg, desc="clips", unit_of=lambda t: len(t.clips))
+    reports = setjob.run_chunks(
+        process_chunk, todo, cfg, desc="clips", unit_of=lambda t: len(t.clips), describe=_describe_chunk
+    )
     options = {k: v for k, v in asdict(cfg.options).items() if v not in (None, False)}
     infos, failed_paths = [], set()
     for spec, target in targets:

@@ -413,18 +413,18 @@ class IndexedShards(Dataset):
                 if hook is not None and hook.audio:
                     wanted.append((path, *refs.wave[i].tolist()))
             if fbanks and (hook is None or not hook.audio):
-                wanted.append(self._fbank_at(i))
+                wanted.append(self._fbank_ref(i))
             if metadata and self.cfg.with_metadata and refs.meta[i, 1] >= 0:
                 wanted.append((path, *refs.meta[i].tolist()))
         self._reader.prefetch(wanted)
 
-    def _fbank_at(self, i: int) -> tuple[str, int, int]:
-        """(shard, offset, size) of sample ``i``'s fbank member."""
+    def _fbank_ref(self, i: int) -> tuple[str, int, int]:
+        """(shard path, offset, size) of sample ``i``'s fbank."""
         offset, size = self.refs.fbank[i].tolist()
         return self.refs.paths[self.refs.audio_shard[i]], offset, size
 
     def _fbank(self, i: int, path: str, offset: int, size: int, shipped: memoryview | None = None) -> np.ndarray:
-        # a short read names the shard itself; ``shipped``: the bytes a DataLoader worker fetched with the frame
+        # a short read names the shard itself; ``shipped``: the bytes a DataLoader worker fetched
         data = shipped if shipped is not None else self._reader.read_scratch(path, offset, size)
         try:
             return npy_view(data)
@@ -449,7 +449,7 @@ class IndexedShards(Dataset):
             out[j].copy_(self._image(i))  # one frame at a time: its decode buffer is freed and reused at once
         part: dict[str, Any] = {"index": list(indices)}
         if ship:  # fetched with the frames (one GET when adjacent): the fbank bytes go on in one shared buffer
-            part["fbank_bytes"] = _pack_bytes([self._reader.read(*self._fbank_at(i)) for i in indices])
+            part["fbank_bytes"] = _pack_bytes([self._reader.read(*self._fbank_ref(i)) for i in indices])
         if self.hook is not None and self.hook.audio:  # the costly fbanks (or the waveforms) are made here too
             if self.hook.fbank_device is None:
                 fbank = _shared((b, TARGET_LENGTH, NUM_MEL_BINS), torch.float16)
@@ -481,7 +481,7 @@ class IndexedShards(Dataset):
         )
         for j, i in enumerate(indices):
             if changed is None:
-                stored = self._fbank(i, refs.paths[shards[j]], *ranges[j], shipped=shipped[j] if shipped else None)
+                stored = self._fbank(i, refs.paths[shards[j]], *ranges[j], shipped[j] if shipped else None)
             else:
                 stored = changed[j]
             stored = stored.numpy() if isinstance(stored, torch.Tensor) else stored

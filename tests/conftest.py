@@ -6,9 +6,14 @@ skip cleanly when it is absent (a user's clone does not have it).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -74,19 +79,35 @@ def ray_local():
 
 
 class RayCluster:
-    """A real 2-node Ray cluster on 127.0.0.1 started with `ray start`; its processes are found by its temp dir."""
+    """A real 2-node Ray cluster on 127.0.0.1 started with `ray start`; its processes are found by its temp dir.
+
+    The worker node (the second `ray start`) can be killed whole and started again (:meth:`kill_worker_node`,
+    :meth:`start_worker_node`), and the processes running a task of the Ray layer found (:meth:`busy_actors`), so
+    that tests can kill them in the middle of a job.
+    """
 
     def __init__(self, port: int = 6390):
-        import tempfile
-
         self.port = port
         self.tmp = tempfile.mkdtemp(prefix="avtta-rc-", dir="/tmp")  # short: Ray's socket paths are length-limited
         self.worker_tmp = tempfile.mkdtemp(prefix="avtta-rw-", dir="/tmp")  # the nodes share no directory
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        # A lost node is noticed by the head's health checks of its raylet: every 0.5 s, dead after 3 misses (Ray's
+        # defaults, 3 s x 5 after 5 s, would make a node-loss test wait ~20 s), so a test killing a node runs briefly.
+        health = {
+            "RAY_health_check_initial_delay_ms": "500",
+            "RAY_health_check_period_ms": "500",
+            "RAY_health_check_timeout_ms": "500",
+            "RAY_health_check_failure_threshold": "3",
+        }
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", **health}
         self.ray = str(Path(sys.executable).with_name("ray"))
+        self.common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+        self.worker_node: set[int] = set()  # the processes the worker node's `ray start` spawned
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     def start(self) -> str:
-        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
         head = subprocess.run(
             [
                 self.ray,
@@ -95,31 +116,115 @@ class RayCluster:
                 f"--port={self.port}",
                 f"--temp-dir={self.tmp}",
                 "--include-dashboard=false",
-                *common,
+                *self.common,
             ],
             env=self.env,
             capture_output=True,
             text=True,
         )
         assert head.returncode == 0, head.stderr[-2000:]
+        self.start_worker_node()
+        return self.address
+
+    def start_worker_node(self) -> None:
+        before = self._own()
         worker = subprocess.run(
-            [self.ray, "start", f"--address=127.0.0.1:{self.port}", f"--temp-dir={self.worker_tmp}", *common],
+            [self.ray, "start", f"--address={self.address}", f"--temp-dir={self.worker_tmp}", *self.common],
             env=self.env,
             capture_output=True,
             text=True,
         )
         assert worker.returncode == 0, worker.stderr[-2000:]
-        return f"127.0.0.1:{self.port}"
+        self.worker_node = self._own() - before
+
+    def kill_worker_node(self) -> None:
+        """SIGKILL the worker node's raylet, its workers and the rest of what its `ray start` spawned."""
+        tree = _descendants(self.worker_node)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.worker_node = set()
+
+    def busy_actors(self, worker_node_only: bool = False) -> list[int]:
+        """pids of this cluster's actors running a task of the Ray layer now (title ``ray::_Actor.run_task``)."""
+        roots = self.worker_node if worker_node_only else self._own()
+        return sorted(p for p in _descendants(roots) if _cmdline(p).startswith("ray::_Actor.run_task"))
+
+    def run_killing(
+        self, args: list[str], kill: str, ready: Callable[[], bool] = lambda: True, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        """Run ``avtta ARGS`` on this cluster and, once ``ready()`` and while an actor runs a task, SIGKILL it.
+
+        ``kill="worker"``: that actor's process; ``kill="node"``: the whole worker node (one of its actors must be
+        busy), which is started again once the command ends. Returns the finished command (text stdout, stderr);
+        fails if the command ended before anything could be killed.
+        """
+        env = {**self.env, "PYTHONUNBUFFERED": "1"}
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # no pipe to fill up
+            proc = subprocess.Popen([sys.executable, "-m", "avtta", *args], env=env, stdout=out, stderr=err, text=True)
+            killed, deadline = None, time.monotonic() + timeout
+            while proc.poll() is None and killed is None and time.monotonic() < deadline:
+                busy = self.busy_actors(worker_node_only=kill == "node")
+                if busy and ready():
+                    killed = busy[0]
+                    self.kill_worker_node() if kill == "node" else os.kill(killed, signal.SIGKILL)
+                else:
+                    time.sleep(0.02)
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            finally:
+                proc.kill()
+                if kill == "node" and killed is not None:
+                    self.start_worker_node()
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+        assert killed is not None, f"the job ended before a {kill} could be killed: {result.stderr[-2000:]}"
+        return result
+
+    def _own(self) -> set[int]:
+        """This cluster's top processes: those naming its temp dir or its GCS address on their command line."""
+        marks = (self.tmp, self.worker_tmp, self.address)
+        return {p for p in _pids() if any(m in _cmdline(p) for m in marks)}
 
     def stop(self) -> None:
         # `ray stop` would kill every Ray process of the machine (other tests' too): kill only this cluster's
         subprocess.run(["pkill", "-9", "-f", self.tmp], capture_output=True)
         subprocess.run(["pkill", "-9", "-f", self.worker_tmp], capture_output=True)
-        subprocess.run(["pkill", "-9", "-f", f"127.0.0.1:{self.port}"], capture_output=True)
+        subprocess.run(["pkill", "-9", "-f", self.address], capture_output=True)
         import shutil
 
         shutil.rmtree(self.tmp, ignore_errors=True)
         shutil.rmtree(self.worker_tmp, ignore_errors=True)
+
+
+def _pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    """The processes in ``roots`` and every process below them (from /proc's parent pids)."""
+    children: dict[int, list[int]] = {}
+    for pid in _pids():
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -129,14 +234,21 @@ def ray_cluster_type() -> type[RayCluster]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """Address of a real 2-node Ray cluster on 127.0.0.1 (`ray start --head`, then `ray start --address`)."""
+def ray_nodes():
+    """The real 2-node Ray cluster on 127.0.0.1 (:class:`RayCluster`: `ray start --head`, then `--address`)."""
     # AVTTA_TEST_RAY_PORT: lets two suite runs on one machine (e.g. under two CPU settings) use separate clusters
     cluster = RayCluster(port=int(os.environ.get("AVTTA_TEST_RAY_PORT", "6390")))
     try:
-        yield cluster.start()
+        cluster.start()
+        yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_nodes):
+    """Address of the real 2-node Ray cluster on 127.0.0.1 (see :func:`ray_nodes`)."""
+    return ray_nodes.address
 
 
 class S3Server:
@@ -190,8 +302,11 @@ class S3Server:
 
         args = [f"-{flag}={port}" for flag, port in zip(self.PORT_FLAGS, self.ports, strict=True)]
         cmd = [self.weed, "server", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3"]
-        cmd += [f"-s3.config={self.config}", "-master.telemetry=false", "-master.volumeSizeLimitMB=256"]
-        cmd += ["-volume.max=64", "-s3.autoCreateBucket=false", *args]  # as AWS: a PUT never makes a bucket
+        # every bucket is a collection that grows 7 volumes of its own: with a fixed -volume.max=64 the tenth
+        # bucket of a session got "InternalError" on PUT; 0 sizes the limit by the free disk (volume files grow as
+        # written, nothing is preallocated), 64 MB volumes keep that limit high
+        cmd += [f"-s3.config={self.config}", "-master.telemetry=false", "-master.volumeSizeLimitMB=64"]
+        cmd += ["-volume.max=0", "-s3.autoCreateBucket=false", *args]  # as AWS: a PUT never makes a bucket
         log = open(self.root / "weed.log", "ab")  # noqa: SIM115 - the server's own log, kept for failures
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

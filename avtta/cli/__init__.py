@@ -76,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"avtta {args.command}: error: {getattr(err, 'cause', None) or err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from avtta.pipelines.ray_runner import TaskLostError
+
+        # A job given up after its Ray workers were lost: the message names the task and the cause.
+        if args.verbose or not isinstance(err, TaskLostError):
+            raise
+        print(f"avtta {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

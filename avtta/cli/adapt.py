@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import config_from_args, config_parser_kwargs
+from ._common import add_ray_retries, config_from_args, config_parser_kwargs
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -96,6 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ray-address", dest="ray_address", help="fan (method, corruption, seed) jobs out over a Ray cluster"
     )
+    add_ray_retries(p)
     p.add_argument(
         "--valuation",
         action="store_true",
