@@ -70,8 +70,8 @@ class WeedServer:
                 "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3grpc']}", f"-s3.config={self.folder / 's3.json'}",
                 f"-master.port={p['master']}", f"-master.port.grpc={p['mgrpc']}", f"-volume.port={p['volume']}",
                 f"-volume.port.grpc={p['vgrpc']}", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['fgrpc']}",
-                f"-metricsPort={p['metrics']}", "-master.telemetry=false", "-master.volumeSizeLimitMB=256",
-                "-volume.max=64"]  # fmt: skip
+                f"-metricsPort={p['metrics']}", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
+                "-volume.max=0"]  # fmt: skip
         self.log = open(self.folder / "weed.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

@@ -228,6 +228,12 @@ def _descendants(roots: set[int]) -> set[int]:
 
 
 @pytest.fixture(scope="session")
+def ray_cluster_type() -> type[RayCluster]:
+    """The cluster class, for a test that starts a cluster of its own (e.g. with other environment variables)."""
+    return RayCluster
+
+
+@pytest.fixture(scope="session")
 def ray_nodes():
     """The real 2-node Ray cluster on 127.0.0.1 (:class:`RayCluster`: `ray start --head`, then `--address`)."""
     # AVTTA_TEST_RAY_PORT: lets two suite runs on one machine (e.g. under two CPU settings) use separate clusters
@@ -296,8 +302,11 @@ class S3Server:
 
         args = [f"-{flag}={port}" for flag, port in zip(self.PORT_FLAGS, self.ports, strict=True)]
         cmd = [self.weed, "server", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3"]
-        cmd += [f"-s3.config={self.config}", "-master.telemetry=false", "-master.volumeSizeLimitMB=256"]
-        cmd += ["-volume.max=64", "-s3.autoCreateBucket=false", *args]  # as AWS: a PUT never makes a bucket
+        # every bucket is a collection that grows 7 volumes of its own: with a fixed -volume.max=64 the tenth
+        # bucket of a session got "InternalError" on PUT; 0 sizes the limit by the free disk (volume files grow as
+        # written, nothing is preallocated), 64 MB volumes keep that limit high
+        cmd += [f"-s3.config={self.config}", "-master.telemetry=false", "-master.volumeSizeLimitMB=64"]
+        cmd += ["-volume.max=0", "-s3.autoCreateBucket=false", *args]  # as AWS: a PUT never makes a bucket
         log = open(self.root / "weed.log", "ab")  # noqa: SIM115 - the server's own log, kept for failures
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

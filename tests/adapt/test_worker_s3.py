@@ -52,3 +52,34 @@ def test_adapt_from_and_to_s3_equals_local(toy_catalog, checkpoint, s3_root, tmp
             **RUN)
     )  # fmt: skip
     assert {key(r): r["accuracy"] for r in again} == {key(r): r["accuracy"] for r in local}
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_adapt_on_a_ray_cluster_reads_from_s3(toy_catalog, checkpoint, s3_root, tmp_path, ray_cluster_type):
+    """``avtta adapt --ray-address`` with the catalog and checkpoint on S3: every actor reads them itself.
+
+    A cluster of its own, started once the server's credentials are in the environment: each node's own standard
+    places (here its environment) hold them; only the endpoint travels with the jobs.
+    """
+    import subprocess
+    import sys
+
+    two = {**RUN, "methods": ("tent",), "seeds": (111, 222)}  # two jobs: an actor on each node
+    local = run_adaptation(cfg(toy_catalog(SPECS), checkpoint, tmp_path / "local", **two))
+    cluster = ray_cluster_type(port=int(os.environ.get("AVTTA_TEST_RAY_PORT", "6390")) + 17)
+    try:
+        address = cluster.start()
+        args = ["--catalog", f"{s3_root}/cat", "--dataset", "toy", "--protocol", "video", "--corruptions", "fog",
+                "--methods", "tent", "--checkpoint", f"{s3_root}/ckpt/tiny.safetensors", "--seeds", "111,222",
+                "--batch-size", "4", "--workers", "0", "--out", f"{s3_root}/runs/ray", "--ray-address", address,
+                "--no-progress"]  # fmt: skip
+        res = subprocess.run([sys.executable, "-m", "avtta", "adapt", *args], env=cluster.env, capture_output=True,
+                             text=True)  # fmt: skip
+    finally:
+        cluster.stop()
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Ray: 2 workers" in res.stderr
+    rows = pq.read_table(pa.BufferReader(storage.read_bytes(f"{s3_root}/runs/ray/results.parquet"))).to_pylist()
+    key = lambda r: (r["method"], r["corruption"], r["seed"])  # noqa: E731
+    assert {key(r): r["accuracy"] for r in rows} == {key(r): r["accuracy"] for r in local}

@@ -69,27 +69,10 @@ def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProces
 
 
 def shard_args(videos, out, dataset="toy", *extra: str) -> list[str]:
-    return [
-        "shard",
-        "--videos",
-        str(videos),
-        "--out",
-        str(out),
-        "--dataset",
-        dataset,
-        "--split",
-        "test",
-        "--corrupt",
-        *SPECS,
-        "--frames",
-        "4",
-        "--shard-size",
-        "4",
-        "--seed",
-        "7",
-        "--no-progress",
-        *extra,
-    ]
+    """`avtta shard` arguments of the reference job (as :func:`job`)."""
+    opts = {"--dataset": dataset, "--split": "test", "--frames": "4", "--shard-size": "4", "--seed": "7"}
+    named = [item for pair in opts.items() for item in pair]
+    return ["shard", "--videos", str(videos), "--out", str(out), *named, "--corrupt", *SPECS, "--no-progress", *extra]
 
 
 def _info(i: int) -> ShardSetInfo:
@@ -138,6 +121,7 @@ def test_catalog_rebuilds_at_once_lose_no_set(s3_bucket, monkeypatch):
     assert sorted(table.column("dataset").to_pylist()) == [f"d{i}" for i in range(n)]
 
 
+@pytest.mark.slow
 def test_two_jobs_at_once_under_one_root(small_videos, s3_bucket, tmp_path):
     """Two `avtta shard` processes write different sets under one S3 root at the same time; the catalog has both."""
     videos = storage.join(s3_bucket, "videos")
@@ -158,6 +142,8 @@ def test_two_jobs_at_once_under_one_root(small_videos, s3_bucket, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [r[1][-2000:] for r in results]
     table = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(out, CATALOG_FILE))))
     assert sorted(table.column("dataset").to_pylist()) == ["left", "left", "right", "right"]
+    listed = cli("catalog", out)
+    assert listed.returncode == 0 and "left" in listed.stdout and "right" in listed.stdout, listed.stderr[-2000:]
 
 
 def test_secret_never_written_or_logged(small_videos, s3_server, s3_bucket, tmp_path):
@@ -173,6 +159,7 @@ def test_secret_never_written_or_logged(small_videos, s3_server, s3_bucket, tmp_
     assert secret.decode() not in res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_storage_errors_are_one_clear_line(small_videos, s3_server, s3_bucket, tmp_path):
     cases = [
         ("s3://avtta-missing-bucket/run", {}, "no such bucket"),
@@ -210,7 +197,7 @@ def test_server_stopped_midway_then_rerun(small_videos, s3_server, s3_bucket, tm
     reference = tmp_path / "local"
     run_shard_job(job(small_videos, reference, workers=0, shard_size=1))
     out = storage.join(s3_bucket, "run")
-    first_part = storage.join(out, "toy/test/clean/_parts/shard-000000.json")
+    first_part = storage.join(out, "toy/test/audio/gaussian_noise/severity_3/_parts/shard-000000.json")  # last
     args = [*shard_args(small_videos, out, "toy", "--workers", "0"), "--shard-size", "1"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen([sys.executable, "-m", "avtta", *args], env=env, stderr=subprocess.PIPE, text=True)
@@ -218,7 +205,7 @@ def test_server_stopped_midway_then_rerun(small_videos, s3_server, s3_bucket, tm
     while not storage.exists(first_part) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the job ended before the server could be stopped"
-    s3_server.stop(crash=True)  # the first chunk is committed, the job is in the middle of the others
+    s3_server.stop(crash=True)  # chunk 0 is committed in both sets, the job is in the middle of the others
     try:
         t0 = time.monotonic()
         _, err = proc.communicate(timeout=120)
