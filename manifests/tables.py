@@ -336,8 +336,9 @@ class Catalog:
         table = pq.read_table(self.root / info.path / SHARDS_FILE)
         return [self.root / info.path / f for f in table.column("file").to_pylist()]
 
-    def samples(self, info: ShardSetInfo) -> pa.Table:
-        return pq.read_table(self.root / info.path / SAMPLES_FILE)
+    def samples(self, info: ShardSetInfo, columns: list[str] | None = None) -> pa.Table:
+        """The set's samples table (only ``columns`` when given: the reader needs 3 of its columns)."""
+        return pq.read_table(self.root / info.path / SAMPLES_FILE, columns=columns)
 
     def failures(self, info: ShardSetInfo) -> pa.Table:
         return pq.read_table(self.root / info.path / FAILURES_FILE)
