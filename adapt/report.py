@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from avtta.shards.io import atomic_path, atomic_write
+from avtta.shards import storage
 
 RESULTS_FILE = "results.parquet"
 
@@ -87,44 +87,42 @@ def heatmap(rows: list[dict[str, Any]], path: str | Path, metric: str = "accurac
                 )
     fig.colorbar(im, ax=ax, label=f"{metric} (%)")
     ax.set_title(title or f"{metric} (%) per method and condition")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+    with storage.staged_path(path) as tmp:  # a local temporary renamed, or uploaded whole (s3://)
+        fig.savefig(tmp, format=Path(str(path)).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
 def write_report(rows: list[dict[str, Any]], out: str | Path, quiet: bool = False) -> str:
-    """Write results.parquet / results.csv / table.md / heatmap.png under ``out``; print and return the table."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write results.parquet / results.csv / table.md / heatmap.png under ``out`` (a folder or a URL); print and
+    return the table."""
+    out = str(out)
     table = pa.Table.from_pylist(rows)
-    with atomic_path(out / RESULTS_FILE) as tmp:
+    with storage.staged_path(storage.join(out, RESULTS_FILE)) as tmp:
         pq.write_table(table, tmp)
-    with atomic_path(out / "results.csv") as tmp:
+    with storage.staged_path(storage.join(out, "results.csv")) as tmp:
         pacsv.write_csv(table, tmp)
     text = "Accuracy (%), mean over seeds (± std)\n\n" + markdown_table(rows)
     if rows and "accuracy_batch_avg" in rows[0]:
         text += "\n\nReference metric (per-batch-averaged accuracy, spec item 1)\n\n" + markdown_table(
             rows, "accuracy_batch_avg"
         )
-    atomic_write(out / "table.md", text + "\n")
-    heatmap(rows, out / "heatmap.png")
+    storage.atomic_write(storage.join(out, "table.md"), text + "\n")
+    heatmap(rows, storage.join(out, "heatmap.png"))
     if not quiet:
         print(text)
-        print(f"\nwritten: {out / RESULTS_FILE}, results.csv, table.md, heatmap.png")
+        print(f"\nwritten: {storage.join(out, RESULTS_FILE)}, results.csv, table.md, heatmap.png")
     return text
 
 
 def render_run(run_dir: str | Path) -> str:
     """Re-render the tables and heatmap of a finished run (``avtta report RUN``)."""
-    run_dir = Path(run_dir)
-    path = run_dir / RESULTS_FILE
-    if not path.exists():
+    path = storage.join(str(run_dir), RESULTS_FILE)
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} an `avtta adapt` run folder?")
-    rows = pq.read_table(path).to_pylist()
+    rows = pq.read_table(pa.BufferReader(storage.read_bytes(path))).to_pylist()
     return write_report(rows, run_dir)
 
 
 def load_config(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "config.json").read_text())
+    return json.loads(storage.read_text(storage.join(str(run_dir), "config.json")))

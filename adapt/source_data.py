@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from avtta.shards.io import atomic_path
+from avtta.shards import storage
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -37,26 +37,30 @@ __all__ = [
 ]
 
 
-def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> Path:
-    """Write ``tensors`` (moved to CPU, made contiguous) to a safetensors file atomically, creating parent folders."""
-    path = Path(path)
+def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> Path | str:
+    """Write ``tensors`` (moved to CPU, made contiguous) to a safetensors file atomically, creating parent folders;
+    ``path`` may be a URL (``s3://``: the file is uploaded whole)."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    with atomic_path(path) as tmp:  # a crashed writer never leaves a half file behind
+    with storage.staged_path(path) as tmp:  # a crashed writer never leaves a half file behind
         save_file(cpu, str(tmp), metadata=meta)
-    return path
+    return Path(path) if storage.is_local(path) else str(path)
 
 
 def load_tensors(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
     """Read a safetensors file written by :func:`save_tensors`: ``(tensors, metadata)``."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
+    if not _is_file(path):
         raise ValueError(f"no such statistics file: {path} (adapt/source_data.py)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-    return load_file(str(path), device=str(device)), meta
+    with storage.local_copy(path) as local:
+        with safe_open(str(local), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        return load_file(str(local), device=str(device)), meta
+
+
+def _is_file(path: str | Path) -> bool:
+    return storage.local_path(path).is_file() if storage.is_local(path) else storage.exists(path)
 
 
 def cached_tensors(
@@ -66,8 +70,7 @@ def cached_tensors(
     device: torch.device | str = "cpu",
 ) -> dict[str, Tensor]:
     """Load ``path`` if it exists, else ``compute()`` and save it there (with ``metadata``)."""
-    path = Path(path)
-    if path.is_file():
+    if _is_file(path):
         tensors, meta = load_tensors(path, device)
         for key, value in (metadata or {}).items():
             if key in meta and meta[key] != str(value):

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from avtta.shards import storage
 
 __all__ = [
     "batch_rows",
@@ -296,24 +297,25 @@ def plot_valuation(summary: pa.Table, path: str | Path, title: str = "") -> Path
         bar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
         bar.set_label("video carries (-) | audio (+)", fontsize=8)
     fig.suptitle(title or "Which modality carries the predictions (sample-level Shapley values)", fontsize=11)
-    path = Path(path)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with storage.staged_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def write_valuation_report(samples: pa.Table | str | Path, out: str | Path) -> dict[str, Path]:
+def write_valuation_report(samples: pa.Table | str | Path, out: str | Path) -> dict[str, Path | str]:
     """Write ``valuation.parquet`` (the summary), ``valuation.md``, ``iterations.parquet`` (when any) and
-    ``valuation.png`` under ``out``; returns their paths by name."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    ``valuation.png`` under ``out`` (a folder or a URL); returns their paths (URLs) by name."""
+    out = str(out)
     summary = summarize_valuation(samples)
-    paths = {"summary": out / "valuation.parquet", "markdown": out / "valuation.md"}
-    pq.write_table(summary, paths["summary"])
-    paths["markdown"].write_text(valuation_markdown(summary) + "\n", encoding="utf-8")
+    paths = {"summary": storage.join(out, "valuation.parquet"), "markdown": storage.join(out, "valuation.md")}
+    with storage.staged_path(paths["summary"]) as tmp:
+        pq.write_table(summary, tmp)
+    storage.atomic_write(paths["markdown"], valuation_markdown(summary) + "\n")
     hist = iterations_histogram(samples)
     if len(hist):
-        paths["iterations"] = out / "iterations.parquet"
-        pq.write_table(hist, paths["iterations"])
-    paths["figure"] = plot_valuation(summary, out / VALUATION_PNG)
-    return paths
+        paths["iterations"] = storage.join(out, "iterations.parquet")
+        with storage.staged_path(paths["iterations"]) as tmp:
+            pq.write_table(hist, tmp)
+    paths["figure"] = plot_valuation(summary, storage.join(out, VALUATION_PNG))
+    return {name: Path(p) if storage.is_local(p) else p for name, p in paths.items()}

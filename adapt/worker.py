@@ -37,7 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from avtta.corruptions import AUDIO_ORDER, AV_ORDER, VIDEO_ORDER, CorruptionSpec, format_spec
-from avtta.shards.io import atomic_write, file_digest
+from avtta.shards import storage
+from avtta.shards.io import file_digest
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class AdaptConfig:
     precision: str = "fp32"
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
     ray_address: str | None = None
+    cache_dir: str | None = None  # a catalog behind a URL: keep its shards in this local folder (sha256-keyed)
+    ray_retries: int = 3  # times a job lost with its Ray worker (process or node died) is run again, from reset
     progress: bool = True
     quiet: bool = False  # do not print the table (callers that print their own, e.g. the demo)
     valuation: bool = False  # per-sample modality valuation (phi_a, phi_v) with one extra pair of forwards per batch
@@ -101,7 +104,9 @@ class AdaptConfig:
             raise ValueError("--on-the-fly reads the clean set by index: it cannot be combined with --access stream")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed")
-        if not Path(self.checkpoint).exists():
+        if self.ray_retries < 0:
+            raise ValueError(f"--ray-retries must be >= 0, got {self.ray_retries}")
+        if not storage.exists(self.checkpoint):
             raise FileNotFoundError(f"--checkpoint {self.checkpoint} does not exist")
 
 
@@ -200,6 +205,12 @@ def plan_jobs(cfg: AdaptConfig, conditions: list[Condition], methods: list[str])
 
 def checkpoint_digest(path: str | Path) -> str:
     """16 hex digits of the sha256 of a checkpoint file, or of a folder's files' bytes in name order (cache keys)."""
+    if not storage.is_local(path):  # a checkpoint object (s3://): its bytes, read once
+        h = hashlib.sha256()
+        with storage.open_read(path) as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()[:16]
     p = Path(path)
     if not p.is_dir():
         return file_digest(p)[1][:16]
@@ -221,12 +232,18 @@ def pick_device(device: str) -> torch.device:
 class AdaptationWorker:
     """Holds a catalog, a device and one adapted model per method; runs jobs one after another.
 
-    The same class runs in-process and as a Ray actor.
+    The same class runs in-process and as a Ray actor (``endpoint``: the driver's S3 endpoint, for actors on other
+    nodes; credentials come from each node's standard places). A checkpoint behind a URL is copied to a local
+    temporary folder once per worker, with the ``.json`` beside it when there is one.
     """
 
-    def __init__(self, cfg: AdaptConfig):
+    def __init__(self, cfg: AdaptConfig, endpoint: str | None = None):
         from avtta.manifests import Catalog
 
+        storage.set_endpoint(endpoint)
+        self._tmp = None
+        if not storage.is_local(cfg.checkpoint):
+            cfg = replace(cfg, checkpoint=self._local_checkpoint(cfg.checkpoint))
         self.cfg = cfg
         self.catalog = Catalog(cfg.catalog)
         self.device = pick_device(cfg.device)
@@ -234,6 +251,19 @@ class AdaptationWorker:
         self.num_classes = len(self.class_names)
         self._methods: dict[str, Any] = {}
         self._ckpt = checkpoint_digest(cfg.checkpoint)
+
+    def _local_checkpoint(self, url: str) -> str:
+        import posixpath
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="avtta-ckpt-")  # removed with the worker
+        name = posixpath.basename(url.rstrip("/"))
+        for src in (url, posixpath.splitext(url)[0] + ".json"):
+            if src == url or storage.exists(src):
+                with storage.open_read(src) as fh, open(Path(self._tmp.name) / posixpath.basename(src), "wb") as out:
+                    for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                        out.write(block)
+        return str(Path(self._tmp.name) / name)
 
     # -- building ------------------------------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
@@ -262,6 +292,7 @@ class AdaptationWorker:
             num_workers=self.cfg.num_workers,
             access=self.cfg.access,
             frame=self.cfg.frame,
+            cache_dir=self.cfg.cache_dir,
         )
         seen = 0
         for batch in loader:
@@ -301,7 +332,7 @@ class AdaptationWorker:
             meta = {"checkpoint": self._ckpt, "source_set": f"{info.path}:{info.job}", "frame": frame, "order": order}
             n = need.size(config)
             name_parts = (need.cache_key, self._ckpt, info.job or "x", n, f"f{frame}", order)
-            path = Path(self.cfg.catalog) / "_cache" / ("-".join(map(str, name_parts)) + ".safetensors")
+            path = storage.join(self.cfg.catalog, "_cache", "-".join(map(str, name_parts)) + ".safetensors")
             overrides[need.argument] = source_data_cached(need, model, self._source(n), path, n, metadata=meta)
         context = RunContext(tuple(self.class_names), self.device, self._load_frozen_model)
         inputs = cls.run_inputs(config, context)
@@ -369,6 +400,7 @@ class AdaptationWorker:
                 access=self.cfg.access,
                 frame=self.cfg.frame,
                 pin_memory=self.device.type == "cuda",
+                cache_dir=self.cfg.cache_dir,
                 **self._on_the_fly(),
             )
             correct = total = 0
@@ -446,11 +478,10 @@ def run_adaptation(cfg: AdaptConfig) -> list[dict[str, Any]]:
     conditions = resolve_conditions(cfg, catalog)
     methods = resolve_methods(cfg.methods)
     jobs = plan_jobs(cfg, conditions, methods)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = str(cfg.out)  # a folder or a URL: every output goes through the storage layer
     resolved = asdict(cfg)
     resolved.update(conditions=[c.name for c in conditions], methods=methods, device=str(pick_device(cfg.device)))
-    atomic_write(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
+    storage.atomic_write(storage.join(out, "config.json"), json.dumps(resolved, indent=2, default=str) + "\n")
     per_job = {c.name: condition_samples(cfg, catalog, c) for c in conditions}
     log.info(
         "%d jobs: %d methods x %d conditions x %d seeds%s",
@@ -477,20 +508,29 @@ def _run_jobs(cfg: AdaptConfig, jobs: list[Job], per_job: dict[str, int]) -> lis
             return [worker.run(job, bar) for job in jobs]
     from avtta.pipelines.ray_runner import run_tasks
 
-    # the actors see the same files: the catalog and checkpoint paths must be shared (absolute)
-    rcfg = replace(
-        cfg, catalog=str(Path(cfg.catalog).resolve()), checkpoint=str(Path(cfg.checkpoint).resolve()), progress=False
-    )
+    # the actors see the same files: local catalog and checkpoint paths must be shared (absolute); URLs are read by
+    # every actor itself, through the driver's S3 endpoint
+    rcfg = replace(cfg, catalog=_absolute(cfg.catalog), checkpoint=_absolute(cfg.checkpoint), progress=False)
     return run_tasks(
         jobs,
-        make_worker=functools.partial(AdaptationWorker, rcfg),
+        make_worker=functools.partial(AdaptationWorker, rcfg, endpoint=storage.endpoint_url()),
         address=cfg.ray_address,
         progress=cfg.progress,
         desc="clips adapt (ray)",
         unit_of=lambda job: sum(per_job[c.name] for c in job.conditions),
         actor_options=_actor_options,
         verbose=cfg.verbose,
+        retries=cfg.ray_retries,  # a job is safe to rerun: run() resets the method to the source weights first
+        describe=_describe_job,
     )
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve()) if storage.is_local(path) else path
+
+
+def _describe_job(job: Job) -> str:
+    return f"adaptation job {job.method} on {', '.join(c.name for c in job.conditions)}, seed {job.seed}"
 
 
 def _actor_options(resources: dict[str, float]) -> dict[str, Any]:
@@ -498,12 +538,12 @@ def _actor_options(resources: dict[str, float]) -> dict[str, Any]:
     return {"num_gpus": 1} if resources.get("GPU", 0) >= 1 else {}
 
 
-def _write_samples(tables: list[pa.Table], out: Path, *, valuation: bool) -> None:
+def _write_samples(tables: list[pa.Table], out: str, *, valuation: bool) -> None:
     """``samples.parquet`` (one row per scored sample) and, with valuation, the valuation report beside it."""
     from .valuation_report import SAMPLES_FILE, samples_table, write_valuation_report
 
     table = pa.concat_tables(tables) if tables else samples_table([])
-    atomic_write(out / SAMPLES_FILE, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    storage.atomic_write(storage.join(out, SAMPLES_FILE), lambda fh: pq.write_table(table, fh, compression="zstd"))
     if valuation and table.num_rows:
         write_valuation_report(table, out)
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from avtta.models import create_model
+from avtta.models import cpu_gemm, create_model, get_cpu_gemm
 
 from avtta import adapt
 
@@ -227,6 +227,14 @@ def run_official(
     return ref
 
 
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -249,6 +257,11 @@ def main(argv: list[str] | None = None) -> None:
         help="a checkout of an official repository, outside this one (REPO: "
         + ", ".join(f"{k} = {v}" for k, v in REPOS.items()) + ")",
     )  # fmt: skip
+    parser.add_argument(
+        "--cpu-gemm", nargs="+", choices=("onednn", "aten"), default=[get_cpu_gemm()],
+        help="back-end(s) of our blocks' fp32 CPU products (avtta.models.gemm), ours run once per back-end; the "
+        "first is compared with the official code, the others add a column (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     checkouts = {}
@@ -269,12 +282,20 @@ def main(argv: list[str] | None = None) -> None:
     source = make_inputs(args.batch, 0)
     results = {
         "config": vars(args),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "cpu_count": os.cpu_count()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": _cpu_name(),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "load_average_start": os.getloadavg(),
+        },
         "methods": {},
     }
     print(
         f"{'method':12s} {'ours s/step':>11s} {'fwd/step':>8s} {'max update':>10s} {'official s/step':>15s} "
-        f"{'fwd/step':>8s} {'speed-up':>8s} {'cpu':>8s} {'logits rel':>10s} {'params rel':>10s} {'values off':>17s}",
+        f"{'fwd/step':>8s} {'speed-up':>8s} {'cpu':>8s} {'logits rel':>10s} {'params rel':>10s} {'values off':>17s}"
+        + "".join(f" {'ours ' + b + ' s':>14s} {'speed-up':>8s}" for b in args.cpu_gemm[1:])
+        + f" {'load':>5s}",
         flush=True,
     )
     for name in args.methods:
@@ -295,7 +316,13 @@ def main(argv: list[str] | None = None) -> None:
         ref = None
         if bench.repo in checkouts:
             ref = run_official(name, bench, checkouts[bench.repo], copy.deepcopy(base), batches, extra)
-        ours = run_ours(name, copy.deepcopy(base), batches, source, ours_config, ref.get("initial") if ref else None)
+        initial = ref.get("initial") if ref else None
+        with cpu_gemm(args.cpu_gemm[0]):
+            ours = run_ours(name, copy.deepcopy(base), batches, source, ours_config, initial)
+        others = {}
+        for backend in args.cpu_gemm[1:]:
+            with cpu_gemm(backend):
+                others[backend] = run_ours(name, copy.deepcopy(base), batches, source, ours_config, initial)
         row: dict = {
             "ours_s": ours["times"],
             "ours_cpu_s": ours["cpu"],
@@ -313,6 +340,13 @@ def main(argv: list[str] | None = None) -> None:
             line += f" {row['logits_rel']:10.2e}"
             if "params_rel" in row:
                 line += f" {row['params_rel']:10.2e} {row['params_off']:>8d}/{row['params_total']:<8d}"
+        for backend, other in others.items():
+            row[f"ours_s_{backend}"] = other["times"]
+            row[f"ours_cpu_s_{backend}"] = other["cpu"]
+            line += f" {_median(other['times']):14.3f}"
+            line += f" {_median(ref['times']) / _median(other['times']):7.2f}x" if ref is not None else f" {'':8s}"
+        row["load_average_end"] = os.getloadavg()
+        line += f" {row['load_average_end'][0]:5.1f}"
         results["methods"][name] = row
         print(line, flush=True)
         if args.json:  # after every method: a long width-768 run keeps what it measured

@@ -7,11 +7,14 @@ shard paths plus index rows to one of the readers of :mod:`avtta.shards`, which 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from avtta.corruptions import CLEAN, CorruptionOptions, CorruptionSpec, format_spec
+from avtta.shards import storage
+from avtta.shards.fetch import FetchConfig
 from avtta.shards.indexed import IndexedLoader, IndexedShards, SampleRefs
 from avtta.shards.loader import ReaderConfig, join_keys, resolve_pin_memory
 from avtta.shards.reader import SHUFFLE_BUFFER, BatchLoader, ShardStream
@@ -19,6 +22,8 @@ from avtta.shards.schema import FBANK_FIELD
 
 from .onthefly import OnTheFly, options_of
 from .tables import Catalog, ShardSetInfo
+
+log = logging.getLogger(__name__)
 
 __all__ = ["check_joinable", "on_the_fly_hook", "open_dataset", "parse_selection"]
 
@@ -82,6 +87,7 @@ def open_dataset(
     source: str | None = None,
     corruption_options: CorruptionOptions | None = None,
     fbank_device: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> BatchLoader | IndexedLoader:
     """Model-ready batches of a shard set selected from a catalog.
 
@@ -109,6 +115,9 @@ def open_dataset(
             job recorded, which made its written corrupted sets).
         fbank_device: ``source="clean"`` only: compute the fbanks of corrupted audio batched on this device
             (``"cuda"``) in this process instead of in the workers on the CPU.
+        cache_dir: a catalog behind a URL (``s3://...``) only: keep every shard read in this local folder, named by
+            its sha256 from ``shards.parquet``, for the next method, seed or run (without it, the index mode reads
+            each sample by ranged GETs and the stream mode each tar by sequential GETs, every time).
 
     Returns:
         An :class:`~avtta.shards.IndexedLoader` (``access="index"``) or a :class:`~avtta.shards.BatchLoader`
@@ -138,13 +147,15 @@ def open_dataset(
         info = cat.get(dataset, split)
         hook = on_the_fly_hook(info, corruption, modality, severity, corruption_options, fbank_device)
         refs = SampleRefs.build(_sample_rows(cat, info), _member_rows(cat, info))
-        return _indexed(refs, cfg, batch_size, num_workers, drop_last, pin_memory, hook)
+        fetch = _fetch_config(cat, cache_dir, info)
+        return _indexed(refs, cfg, batch_size, num_workers, drop_last, pin_memory, hook, fetch)
     if isinstance(corruption, (tuple, list)):
         if len(corruption) != 2:
             raise ValueError(f"a joined selection takes two corruptions (video, audio), got {corruption!r}")
         vinfo = cat.get(dataset, split, *parse_selection(corruption[0]))
         ainfo = cat.get(dataset, split, *parse_selection(corruption[1]))
         vshard, ashard = check_joinable(cat, vinfo, ainfo)
+        fetch = _fetch_config(cat, cache_dir, vinfo, ainfo)
         if access == "index":
             refs = SampleRefs.build(
                 _sample_rows(cat, vinfo),
@@ -152,19 +163,24 @@ def open_dataset(
                 _member_rows(cat, ainfo, FBANK_FIELD),
                 names=(vinfo.path, ainfo.path),
             )
-            return _indexed(refs, cfg, batch_size, num_workers, drop_last, pin_memory)
+            return _indexed(refs, cfg, batch_size, num_workers, drop_last, pin_memory, fetch=fetch)
         joined = join_keys(list(vshard), list(ashard), vinfo.path, ainfo.path)
         # the shard pairs that hold the joined clips, in the video set's shard order (one job: the same file names)
         pair_of = {vshard[k]: ashard[k] for k in joined.keys}
-        vpaths = [p for p in cat.shard_paths(vinfo) if p.name in pair_of]
-        apaths = [cat.root / ainfo.path / pair_of[p.name] for p in vpaths]
-        stream = ShardStream(vpaths, cfg, audio_paths=apaths, num_frames=vinfo.num_frames, shuffle_buffer=buffer)
+        vfiles = [f for f in _shard_files(cat, vinfo) if f in pair_of]
+        vpaths = [_url(cat, vinfo, f) for f in vfiles]
+        apaths = [_url(cat, ainfo, pair_of[f]) for f in vfiles]
+        stream = ShardStream(
+            vpaths, cfg, audio_paths=apaths, num_frames=vinfo.num_frames, shuffle_buffer=buffer, fetch=fetch
+        )
         return BatchLoader(stream, len(joined.keys), batch_size, num_workers, drop_last, pin_memory)
     info = cat.get(dataset, split, *parse_selection(corruption, modality, severity))
+    fetch = _fetch_config(cat, cache_dir, info)
     if access == "index":
         refs = SampleRefs.build(_sample_rows(cat, info), _member_rows(cat, info))
-        return _indexed(refs, cfg, batch_size, num_workers, drop_last, pin_memory)
-    stream = ShardStream(cat.shard_paths(info), cfg, num_frames=info.num_frames, shuffle_buffer=buffer)
+        return _indexed(refs, cfg, batch_size, num_workers, drop_last, pin_memory, fetch=fetch)
+    paths = [_url(cat, info, f) for f in _shard_files(cat, info)]
+    stream = ShardStream(paths, cfg, num_frames=info.num_frames, shuffle_buffer=buffer, fetch=fetch)
     return BatchLoader(stream, info.samples, batch_size, num_workers, drop_last, pin_memory)
 
 
@@ -208,6 +224,29 @@ def _registered(parsed: tuple[str, str, int], given: object) -> CorruptionSpec:
         raise ValueError(f"corruption {given!r} cannot be applied while reading: {err}") from None
 
 
+def _url(cat: Catalog, info: ShardSetInfo, name: str) -> str:
+    """The path or URL of file ``name`` of a set (a plain path for a local catalog, as before URLs)."""
+    return storage.join(str(cat.root), info.path, name)
+
+
+def _shard_files(cat: Catalog, info: ShardSetInfo) -> list[str]:
+    return cat.shards(info).column("file").to_pylist()
+
+
+def _fetch_config(cat: Catalog, cache_dir: str | Path | None, *sets: ShardSetInfo) -> FetchConfig | None:
+    """How the readers fetch a remote catalog's shards: the sha256 of each (the cache key) and the cache folder."""
+    if storage.is_local(str(cat.root)):
+        if cache_dir is not None:
+            log.info("cache_dir=%s: the catalog %s is local, its shards are read in place", cache_dir, cat.root)
+        return None
+    digests = {}
+    for info in sets:
+        cols = cat.shards(info).select(["file", "bytes", "sha256"]).to_pydict()
+        for name, size, sha in zip(cols["file"], cols["bytes"], cols["sha256"], strict=True):
+            digests[_url(cat, info, name)] = (int(size), sha or "")
+    return FetchConfig(cache_dir=None if cache_dir is None else str(cache_dir), digests=digests)
+
+
 def _key_shard(cat: Catalog, info: ShardSetInfo) -> dict[str, str]:
     """key -> shard file of a set's samples, in manifest (= writing) order."""
     cols = cat.samples(info).select(["key", "shard"]).to_pydict()
@@ -215,8 +254,8 @@ def _key_shard(cat: Catalog, info: ShardSetInfo) -> dict[str, str]:
 
 
 def _sample_rows(cat: Catalog, info: ShardSetInfo) -> pa.Table:
-    """``shard`` (path), ``key``, ``label`` of a set's samples in manifest (= writing) order."""
-    return _located(cat.samples(info, ["shard", "key", "label"]), cat.root / info.path)
+    """``shard`` (path or URL), ``key``, ``label`` of a set's samples in manifest (= writing) order."""
+    return _located(cat.samples(info, ["shard", "key", "label"]), cat, info)
 
 
 def _member_rows(cat: Catalog, info: ShardSetInfo, field: str | None = None) -> pa.Table:
@@ -224,14 +263,14 @@ def _member_rows(cat: Catalog, info: ShardSetInfo, field: str | None = None) -> 
     table = cat.members(info)
     if field is not None:
         table = table.filter(pc.equal(table["field"], field))
-    return _located(table, cat.root / info.path)
+    return _located(table, cat, info)
 
 
-def _located(table: pa.Table, folder: Path) -> pa.Table:
-    """``table`` with its ``shard`` column (file names) made paths under ``folder``, dictionary encoded: one string
-    per shard, not one per row (a set's member index has 13 rows a sample)."""
+def _located(table: pa.Table, cat: Catalog, info: ShardSetInfo) -> pa.Table:
+    """``table`` with its ``shard`` column (file names) made paths or URLs of the set's files, dictionary encoded:
+    one string per shard, not one per row (a set's member index has 13 rows a sample)."""
     shard = pc.dictionary_encode(table["shard"].combine_chunks())
-    paths = pa.array([str(folder / s) for s in shard.dictionary.to_pylist()], pa.string())
+    paths = pa.array([_url(cat, info, s) for s in shard.dictionary.to_pylist()], pa.string())
     column = pa.DictionaryArray.from_arrays(shard.indices, paths)
     return table.set_column(table.schema.get_field_index("shard"), "shard", column)
 
@@ -244,8 +283,9 @@ def _indexed(
     drop_last: bool,
     pin: bool | None,
     hook: OnTheFly | None = None,
+    fetch: FetchConfig | None = None,
 ) -> IndexedLoader:
     # the index's Arrow tables are gone: hand their memory back to the system rather than keep it cached for the run
     pa.default_memory_pool().release_unused()
-    dataset = IndexedShards(refs, cfg, pin_memory=resolve_pin_memory(pin), hook=hook)
+    dataset = IndexedShards(refs, cfg, pin_memory=resolve_pin_memory(pin), hook=hook, fetch=fetch)
     return IndexedLoader(dataset, batch_size, workers, drop_last)

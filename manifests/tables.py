@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from avtta.shards.io import atomic_path, atomic_write
+from avtta.shards import storage
 from avtta.shards.schema import SAMPLES_SCHEMA, SCHEMA_VERSION
 
 CATALOG_FILE = "catalog.parquet"
@@ -96,18 +97,18 @@ def set_relpath(dataset: str, split: str, modality: str, corruption: str, severi
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# atomic writes (avtta.shards.io: temporary name, fsync, rename)
+# atomic writes through the storage layer (local: temporary name, fsync, rename; S3: one PUT of the whole object)
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:
-    """Write a Parquet file atomically (zstd)."""
-    with atomic_path(path) as tmp:
+    """Write a Parquet file (zstd) atomically to a path or URL."""
+    with storage.staged_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
 
 def write_json(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` as indented, key-sorted JSON atomically."""
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Write ``obj`` as indented, key-sorted JSON atomically to a path or URL."""
+    storage.atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -134,7 +135,7 @@ def write_set_tables(set_dir: str | Path, parts: Iterable[dict[str, Any]]) -> tu
     """
     from avtta.shards.index import scan_members
 
-    set_dir = Path(set_dir)
+    set_dir = str(set_dir)
     samples: list[dict] = []
     shards: list[dict] = []
     failures: list[dict] = []
@@ -148,12 +149,13 @@ def write_set_tables(set_dir: str | Path, parts: Iterable[dict[str, Any]]) -> tu
         shards.append(shard)
         rows = part.get("members")
         if rows is None:
-            rows = scan_members(set_dir / shard["file"])
+            with storage.local_copy(storage.join(set_dir, shard["file"])) as local:
+                rows = scan_members(local)
         members += [(shard["file"], key, fld, offset, size) for key, fld, offset, size in rows]
-    write_table(rows_to_table(samples, SAMPLES_SCHEMA), set_dir / SAMPLES_FILE)
-    write_table(rows_to_table(shards, SHARDS_SCHEMA), set_dir / SHARDS_FILE)
-    write_table(rows_to_table(failures, FAILURES_SCHEMA), set_dir / FAILURES_FILE)
-    write_table(members_table(members), set_dir / MEMBERS_FILE)
+    write_table(rows_to_table(samples, SAMPLES_SCHEMA), storage.join(set_dir, SAMPLES_FILE))
+    write_table(rows_to_table(shards, SHARDS_SCHEMA), storage.join(set_dir, SHARDS_FILE))
+    write_table(rows_to_table(failures, FAILURES_SCHEMA), storage.join(set_dir, FAILURES_FILE))
+    write_table(members_table(members), storage.join(set_dir, MEMBERS_FILE))
     return samples, shards, failures
 
 
@@ -170,14 +172,14 @@ def write_classes(path: str | Path, names: Sequence[tuple[str, str]]) -> None:
         for i, (mid, display) in enumerate(names):
             w.writerow([i, mid, display])
 
-    atomic_write(path, rows, text=True)
+    storage.atomic_write(path, rows, text=True)
 
 
 def read_label_csv(path: str | Path) -> list[tuple[str, str]]:
     """Read a reference label CSV (``index,mid[,display_name]``, any line endings) -> [(mid, display_name)]."""
-    path = Path(path)
+    path = str(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with storage.open_read(path, "r", newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or "mid" not in reader.fieldnames or "index" not in reader.fieldnames:
                 raise ValueError(f"{path}: a label CSV needs the columns index,mid[,display_name]")
@@ -238,7 +240,7 @@ class LabelIndex:
 
 
 def load_classes(root: str | Path, dataset: str) -> list[tuple[str, str]]:
-    return read_label_csv(Path(root) / dataset / CLASSES_FILE)
+    return read_label_csv(storage.join(root, dataset, CLASSES_FILE))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,33 +248,53 @@ def load_classes(root: str | Path, dataset: str) -> list[tuple[str, str]]:
 
 
 def find_sets(root: str | Path) -> list[ShardSetInfo]:
-    """Every complete shard set under ``root`` (those with a ``set.json``), in path order."""
-    root = Path(root)
-    out = []
-    for path in sorted(root.rglob(SET_FILE)):
-        out.append(ShardSetInfo.from_json(json.loads(path.read_text())))
-    return out
+    """Every complete shard set under ``root`` (a path or URL; those with a ``set.json``), in path order."""
+    urls = sorted(storage.find(root, SET_FILE), key=_path_order)
+    return [ShardSetInfo.from_json(json.loads(storage.read_text(url))) for url in urls]
+
+
+def _path_order(url: str) -> list[str]:
+    return url.split("/")  # by path components, as sorting Paths does ("a/b" before "a-b/c")
 
 
 CATALOG_COLUMNS = [f.name for f in fields(ShardSetInfo) if f.name != "options"] + ["options"]
+CATALOG_ROUNDS = 20  # rebuilds before giving up: each one that is undone needs another job's set.json in between
 
 
 def write_catalog(root: str | Path) -> pa.Table:
-    """Rebuild ``OUT/catalog.parquet`` from the ``set.json`` files under ``root``."""
+    """Rebuild ``OUT/catalog.parquet`` from the ``set.json`` files under ``root`` (a path or URL).
+
+    The catalog is derived: each set's ``set.json`` is its own entry (one object per set, written by its job) and
+    the Parquet table is rebuilt from a listing of them. Object stores have no locks, so two jobs finishing at once
+    may both rebuild it, the slower one from an older listing. Each writer therefore lists again after writing and
+    rebuilds until the listing it wrote from is still the current one: the last table written then names every
+    set whose ``set.json`` existed before its writer's final listing, which includes every finished job's sets.
+    """
+    for _ in range(CATALOG_ROUNDS):
+        before = storage.state(root, SET_FILE)
+        table = _catalog_table(root, before)
+        write_table(table, storage.join(root, CATALOG_FILE))
+        if storage.state(root, SET_FILE) == before:
+            return table
+    raise RuntimeError(f"{root}: the set.json files kept changing while the catalog was rebuilt; run `avtta catalog`")
+
+
+def _catalog_table(root: str | Path, listing: dict[str, Any]) -> pa.Table:
     rows = []
-    for info in find_sets(root):
-        row = info.to_json()
+    for url in sorted(listing, key=_path_order):
+        row = ShardSetInfo.from_json(json.loads(storage.read_text(url))).to_json()
         row["options"] = json.dumps(row["options"], sort_keys=True)
         rows.append(row)
-    table = pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.string()) for c in CATALOG_COLUMNS})
-    write_table(table, Path(root) / CATALOG_FILE)
-    return table
+    return pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.string()) for c in CATALOG_COLUMNS})
 
 
 class Catalog:
     """The shard sets under an output root, selectable by dataset / split / modality / corruption / severity."""
 
     def __init__(self, root: str | Path):
+        if not storage.is_local(root):  # a URL: the root stays a string, files are read through the storage layer
+            self._init_remote(str(root))
+            return
         path = Path(root)
         if path.name == CATALOG_FILE:
             path = path.parent
@@ -281,15 +303,31 @@ class Catalog:
         self.root = path
         catalog_file = path / CATALOG_FILE
         if catalog_file.exists():
-            rows = pq.read_table(catalog_file).to_pylist()
+            self._load(pq.read_table(catalog_file).to_pylist())
+        else:
+            self._load(None, find_sets(path))
+
+    def _init_remote(self, url: str) -> None:
+        url = url.rstrip("/")
+        if url.endswith("/" + CATALOG_FILE):
+            url = url[: -len(CATALOG_FILE) - 1]
+        self.root = url
+        catalog_file = storage.join(url, CATALOG_FILE)
+        if storage.exists(catalog_file):
+            self._load(_read_parquet(catalog_file).to_pylist())
+            return
+        self._load(None, find_sets(url))
+
+    def _load(self, rows: list[dict[str, Any]] | None, sets: list[ShardSetInfo] | None = None) -> None:
+        if rows is not None:
             self.sets = []
             for row in rows:
                 row["options"] = json.loads(row.get("options") or "{}")
                 self.sets.append(ShardSetInfo.from_json(row))
         else:
-            self.sets = find_sets(path)
+            self.sets = sets or []
         if not self.sets:
-            raise FileNotFoundError(f"no shard sets under {path} (run `avtta shard` or `avtta import` first)")
+            raise FileNotFoundError(f"no shard sets under {self.root} (run `avtta shard` or `avtta import` first)")
 
     def select(
         self,
@@ -332,25 +370,41 @@ class Catalog:
             )
         return found[0]
 
-    def shard_paths(self, info: ShardSetInfo) -> list[Path]:
-        table = pq.read_table(self.root / info.path / SHARDS_FILE)
-        return [self.root / info.path / f for f in table.column("file").to_pylist()]
+    def url(self, info: ShardSetInfo, name: str) -> str:
+        """The path (local catalog) or URL of file ``name`` of a set."""
+        return storage.join(str(self.root), info.path, name)
+
+    def shard_paths(self, info: ShardSetInfo) -> list[Path] | list[str]:
+        """The set's shards: paths for a local catalog, URLs for a remote one."""
+        files = self.shards(info).column("file").to_pylist()
+        if isinstance(self.root, Path):
+            return [self.root / info.path / f for f in files]
+        return [self.url(info, f) for f in files]
+
+    def shards(self, info: ShardSetInfo) -> pa.Table:
+        """The set's ``shards.parquet``: file, samples, bytes, sha256 of every shard."""
+        return _read_parquet(self.url(info, SHARDS_FILE))
 
     def samples(self, info: ShardSetInfo, columns: list[str] | None = None) -> pa.Table:
         """The set's samples table (only ``columns`` when given: the reader needs 3 of its columns)."""
-        return pq.read_table(self.root / info.path / SAMPLES_FILE, columns=columns)
+        return _read_parquet(self.url(info, SAMPLES_FILE), columns)
 
     def failures(self, info: ShardSetInfo) -> pa.Table:
-        return pq.read_table(self.root / info.path / FAILURES_FILE)
+        return _read_parquet(self.url(info, FAILURES_FILE))
 
     def members(self, info: ShardSetInfo) -> pa.Table:
         """The set's member index (``members.parquet``); sets written before it existed are scanned instead."""
-        path = self.root / info.path / MEMBERS_FILE
-        if path.exists():
-            return pq.read_table(path)
+        path = self.url(info, MEMBERS_FILE)
+        if storage.exists(path):
+            return _read_parquet(path)
         from avtta.shards.index import scan_members
 
-        return members_table((shard.name, *m) for shard in self.shard_paths(info) for m in scan_members(shard))
+        shards = [storage.join(str(self.root), info.path, f) for f in self.shards(info).column("file").to_pylist()]
+        rows = []
+        for shard in shards:
+            with storage.local_copy(shard) as local:
+                rows += [(os.path.basename(shard), *m) for m in scan_members(local)]
+        return members_table(rows)
 
     def classes(self, dataset: str) -> list[tuple[str, str]]:
         return load_classes(self.root, dataset)
@@ -371,6 +425,13 @@ class Catalog:
             }
             for s in self.sets
         ]
+
+
+def _read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file of a local or remote catalog (one whole GET: manifests are small), ``columns`` only if given."""
+    if storage.is_local(url):
+        return pq.read_table(storage.local_path(url), columns=columns)
+    return pq.read_table(pa.BufferReader(storage.read_bytes(url)), columns=columns)
 
 
 def format_table(rows: Iterable[dict[str, Any]]) -> str:

@@ -13,6 +13,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .factory import create_model
+from .gemm import cpu_gemm, get_cpu_gemm, set_cpu_gemm
 from .registry import is_model, list_models, register_model
 
 __all__ = [
@@ -21,7 +22,9 @@ __all__ = [
     "MODES",
     "Block",
     "checkpoint_filter_fn",
+    "cpu_gemm",
     "create_model",
+    "get_cpu_gemm",
     "is_model",
     "list_models",
     "load_checkpoint",
@@ -29,5 +32,6 @@ __all__ = [
     "read_checkpoint_config",
     "register_model",
     "save_checkpoint",
+    "set_cpu_gemm",
     "sincos_pos_embed_2d",
 ]

@@ -27,6 +27,7 @@ import torch
 from timm.layers import Attention, Mlp, PatchEmbed
 from torch import Tensor, nn
 
+from .gemm import to_gemm_linear
 from .registry import register_model
 
 __all__ = [
@@ -87,6 +88,10 @@ class Block(nn.Module):
         self.norm2_a = nn.LayerNorm(dim, eps=_LN_EPS)
         self.norm2_v = nn.LayerNorm(dim, eps=_LN_EPS)
         self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)  # exact (erf) GELU
+        # The four projections hold nearly all of a block's work: oneDNN products on fp32 CPUs (see gemm.py).
+        # Replaced in place, so names and the state-dict order stay timm's.
+        for owner, name in ((self.attn, "qkv"), (self.attn, "proj"), (self.mlp, "fc1"), (self.mlp, "fc2")):
+            setattr(owner, name, to_gemm_linear(getattr(owner, name)))
 
     def norms(self, modality: str | None = None) -> tuple[nn.LayerNorm, nn.LayerNorm]:
         """The (pre-attention, pre-MLP) LayerNorm pair for a selector."""

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from avtta.shards import storage
 from avtta.shards.io import atomic_path, atomic_write
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -68,7 +69,8 @@ class TrainConfig:
         catalog: output root of ``avtta shard`` / ``avtta import`` (unused when data is passed to :func:`train`).
         dataset: data set name in the catalog (required with a catalog).
         model: registered model name.
-        out: run folder.
+        out: run folder, or an s3:// URL (see :func:`train`).
+        cache_dir: a catalog behind a URL: keep its shards in this local folder for the next epoch or run.
         epochs: total epochs (a resumed run continues up to this number).
         lr: base learning rate; ``None`` = 1e-3 from scratch, 1e-4 when fine-tuning from ``init``.
         head_lr_factor: learning-rate multiplier of ``mlp_head`` (CAV-MAE: 10).
@@ -103,6 +105,7 @@ class TrainConfig:
     dataset: str | None = None
     model: str = "cav_mae_ft_tiny"
     out: str = "runs/train"
+    cache_dir: str | None = None  # a catalog on s3://: keep its shards in this local folder (sha256-keyed)
     epochs: int = 10
     lr: float | None = None
     head_lr_factor: float = 10.0
@@ -354,7 +357,7 @@ def _open(cfg: TrainConfig, split: str, training: bool) -> Iterable[Mapping[str,
     return open_dataset(
         cfg.catalog, dataset=cfg.dataset, split=split, corruption="clean", severity=0, batch_size=cfg.batch_size,
         seed=cfg.seed, shuffle=training, frame="random" if training else "eval", freqm=cfg.freqm if training else 0,
-        timem=cfg.timem if training else 0, num_workers=cfg.num_workers, access=cfg.access,
+        timem=cfg.timem if training else 0, num_workers=cfg.num_workers, access=cfg.access, cache_dir=cfg.cache_dir,
     )  # fmt: skip
 
 
@@ -418,6 +421,10 @@ def train(
 ) -> TrainResult:
     """Train (or resume training) and write the run folder ``cfg.out``.
 
+    ``cfg.out`` may be a URL (``s3://``): the run then lives in a local temporary folder, first filled from the URL
+    (what a resume continues from), and its files are uploaded after every epoch, the training state last (so the
+    state never names an epoch whose model is not there yet). :class:`TrainResult` then names the URLs.
+
     Args:
         cfg: the run.
         train_data: batches for one epoch, iterated once per epoch (``set_epoch(epoch)`` is called when it has
@@ -428,6 +435,61 @@ def train(
     Returns:
         The run folder, the model checkpoint and the per-epoch history.
     """
+    if storage.is_local(cfg.out):
+        return _train(cfg, train_data, val_data, resume)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="avtta-train-") as tmp:
+        mirror = RunMirror(cfg.out, Path(tmp))
+        mirror.download()
+        local = dataclasses.replace(cfg, out=tmp)
+        result = _train(local, train_data, val_data, resume, publish=mirror.upload, recorded_out=cfg.out)
+    return dataclasses.replace(result, out=cfg.out, checkpoint=storage.join(cfg.out, "model.safetensors"))
+
+
+class RunMirror:
+    """A run folder behind a URL, kept in a local folder: :meth:`download` once, :meth:`upload` what changed."""
+
+    LAST = ("state.safetensors", "state.json")  # the resume point goes up after everything it refers to
+
+    def __init__(self, url: str, local: Path):
+        self.url, self.local = url, local
+        self._sent: dict[str, tuple[int, int]] = {}
+
+    def download(self) -> None:
+        for url in storage.find(self.url):
+            rel = url[len(self.url.rstrip("/")) + 1 :]
+            target = self.local / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with storage.open_read(url) as src, open(target, "wb") as dst:
+                for block in iter(lambda src=src: src.read(1 << 20), b""):
+                    dst.write(block)
+            self._sent[rel] = self._stamp(target)
+
+    def upload(self) -> None:
+        files = sorted(p.relative_to(self.local).as_posix() for p in self.local.rglob("*") if p.is_file())
+        for rel in sorted(files, key=lambda r: r in self.LAST):
+            stamp = self._stamp(self.local / rel)
+            if self._sent.get(rel) != stamp:
+                storage.upload(self.local / rel, storage.join(self.url, rel))
+                self._sent[rel] = stamp
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+
+
+def _train(
+    cfg: TrainConfig,
+    train_data: Iterable[Mapping[str, Any]] | None,
+    val_data: Iterable[Mapping[str, Any]] | None,
+    resume: bool,
+    publish: Any = None,
+    recorded_out: str | None = None,
+) -> TrainResult:
+    """:func:`train` into a local folder; ``publish()`` after each epoch's files (and ``recorded_out`` in the
+    saved config instead of the local folder)."""
     out = Path(cfg.out)
     state_path = out / "state.safetensors"
     if state_path.exists() and not resume:
@@ -437,7 +499,8 @@ def train(
         changed = {
             k: (saved.get(k), v)
             for k, v in cfg.to_json().items()
-            if k not in ("epochs", "progress", "num_workers", "device", "catalog", "out") and saved.get(k) != v
+            if k not in ("epochs", "progress", "num_workers", "device", "catalog", "out", "cache_dir")
+            and saved.get(k) != v
         }
         if changed:
             raise ValueError(f"{out}: cannot resume with a different config: {changed} (saved, requested)")
@@ -471,7 +534,8 @@ def train(
     if resume and state_path.exists():
         progress = _load_state(state_path, model, optimizer, scaler, structure)
         _log.info("resuming %s after epoch %d (step %d)", out, progress["epochs_done"], progress["step"])
-    atomic_write(out / "train_config.json", json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
+    saved_cfg = {**cfg.to_json(), **({"out": recorded_out} if recorded_out else {})}
+    atomic_write(out / "train_config.json", json.dumps(saved_cfg, indent=2, sort_keys=True) + "\n")
     history: list[dict[str, Any]] = progress["history"]
     step = progress["step"]
 
@@ -548,6 +612,8 @@ def train(
         atomic_write(out / "history.json", json.dumps(history, indent=1) + "\n")
         progress = {"epochs_done": epoch + 1, "step": step, "history": history}
         _save_state(state_path, model, optimizer, scaler, progress, structure)
+        if publish is not None:
+            publish()
 
     return TrainResult(out=out, checkpoint=out / "model.safetensors", epochs_done=progress["epochs_done"],
                        history=history)  # fmt: skip

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 from avtta.corruptions import CorruptionSpec, format_spec
 from avtta.manifests import ShardSetInfo, set_relpath, write_catalog
+from avtta.shards import storage
 from avtta.shards.schema import SCHEMA_VERSION, Sample, SampleRecord, sanitize_key
 
 from avtta import manifests
@@ -491,6 +492,7 @@ class ImportConfig:
     waveform: bool = False
     workers: int | None = None  # None: all CPUs on Ray; 0: in-process
     ray_address: str | None = None
+    ray_retries: int = 3  # times a chunk lost with its Ray worker (process or node died) is run again
     progress: bool = True
     verbose: bool = False  # let the embedded Ray's own output through
 
@@ -504,7 +506,7 @@ class ImportConfig:
             raise ValueError("--labels LABEL_CSV is required with --json (the lists hold mids, not indices)")
         if not self.frames or any(k < 0 for k in self.frames) or len(set(self.frames)) != len(self.frames):
             raise ValueError(f"--frames must list distinct frame indices >= 0, got {self.frames}")
-        setjob.check_min(shard_size=self.shard_size, workers=self.workers)
+        setjob.check_min(shard_size=self.shard_size, workers=self.workers, ray_retries=self.ray_retries)
         setjob.check_names(dataset=self.dataset, split=self.split)
 
 
@@ -521,6 +523,7 @@ class ImportTask:
     waveform: bool
     out: str
     target: SetTarget
+    endpoint: str | None = None  # the S3 endpoint of the driver, for workers on other nodes (not a secret)
 
 
 @dataclass
@@ -531,9 +534,15 @@ class ImportReport:
     failed: int = 0
 
 
+def _describe_task(task: ImportTask) -> str:
+    first = task.entries[0][0] if task.entries else "no entries"
+    return f"chunk {task.index} of {task.relpath} ({len(task.entries)} entries from {first})"
+
+
 def process_import_task(task: ImportTask) -> ImportReport:
     """Import one chunk: each entry -> a sample in the chunk's shard or a failure row; then the part file."""
     report = ImportReport(task.index, task.relpath)
+    storage.set_endpoint(task.endpoint)
     with setjob.single_threaded(), ChunkOutput(task.out, task.index, [task.target]) as chunk:
         for key, entry, error in task.entries:
             try:
@@ -548,6 +557,8 @@ def process_import_task(task: ImportTask) -> ImportReport:
                     key=key,
                 )
                 chunk.add(task.relpath, imported.record, imported.sample)
+            except storage.StorageError:
+                raise  # the store is unreachable or refuses us: the import fails (and resumes), no failure row
             except Exception as err:  # noqa: BLE001 - one bad entry never kills an import: it becomes a failure row
                 chunk.fail(task.relpath, failure_row(entry.origin, entry.video_id, err))
                 report.failed += 1
@@ -660,7 +671,18 @@ def plan_import(cfg: ImportConfig) -> tuple[list[ImportTask], list[ImportSet], L
             chunks.setdefault(chunk_of[(s.split, item[0])], []).append(item)
         for index in sorted(chunks):
             tasks.append(
-                ImportTask(index, rel, s.spec, chunks[index], labels, frame_ids, cfg.waveform, cfg.out, target)
+                ImportTask(
+                    index,
+                    rel,
+                    s.spec,
+                    chunks[index],
+                    labels,
+                    frame_ids,
+                    cfg.waveform,
+                    cfg.out,
+                    target,
+                    storage.endpoint_url(),
+                )
             )
     return tasks, sets, labels, targets
 
@@ -669,13 +691,25 @@ def run_import(cfg: ImportConfig) -> ImportSummary:
     """Import every set of ``cfg`` into shards + manifests under ``cfg.out`` and rebuild its catalog."""
     t0 = time.perf_counter()
     tasks, sets, labels, targets = plan_import(cfg)
-    out = Path(cfg.out)
+    out = cfg.out
     setjob.start_sets(out, cfg.dataset, labels.classes, targets.values())
-    todo = [t for t in tasks if not setjob.chunk_done(out, [t.relpath], t.index)]
+    done = {
+        (rel, i)
+        for rel in targets
+        for i in setjob.done_chunks(out, [rel], [t.index for t in tasks if t.relpath == rel])
+    }
+    todo = [t for t in tasks if (t.relpath, t.index) not in done]
     log.info(
         "%d sets, %d entries, %d chunks (%d to do)", len(sets), sum(len(s.entries) for s in sets), len(tasks), len(todo)
     )
-    setjob.run_chunks(process_import_task, todo, cfg, desc="samples imported", unit_of=lambda t: len(t.entries))
+    setjob.run_chunks(
+        process_import_task,
+        todo,
+        cfg,
+        desc="samples imported",
+        unit_of=lambda t: len(t.entries),
+        describe=_describe_task,
+    )
     infos = []
     ok = failed = 0
     for s in sets:
@@ -714,7 +748,7 @@ def run_import(cfg: ImportConfig) -> ImportSummary:
                 s.spec,
                 len(failures),
                 len(s.entries),
-                out / target.relpath / "failures.parquet",
+                storage.join(out, target.relpath, "failures.parquet"),
             )
     write_catalog(out)
     return ImportSummary(
@@ -727,15 +761,16 @@ def run_import(cfg: ImportConfig) -> ImportSummary:
     )
 
 
-def _frame_size(out: Path, rel: str, shards: list[dict]) -> int:
+def _frame_size(out: str, rel: str, shards: list[dict]) -> int:
     """Side of the stored (square) frames, read from the first sample; 0 when not square or no sample."""
     if not shards:
         return 0
     from webdataset.tariterators import tarfile_samples
 
-    for raw in tarfile_samples([{"url": str(out / rel / shards[0]["file"])}]):
-        meta = json.loads(raw["json"])
-        sizes = meta.get("import", {}).get("frame_sizes") or [[0, 0]]
-        w, h = sizes[0]
-        return int(w) if w == h else 0
+    with storage.local_copy(storage.join(out, rel, shards[0]["file"])) as local:
+        for raw in tarfile_samples([{"url": str(local)}]):
+            meta = json.loads(raw["json"])
+            sizes = meta.get("import", {}).get("frame_sizes") or [[0, 0]]
+            w, h = sizes[0]
+            return int(w) if w == h else 0
     return 0

@@ -6,12 +6,15 @@ drawn from a frame array by :func:`avtta.corruptions.preview.draw_contact_sheet`
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from avtta.corruptions import CorruptionOptions, CorruptionSpec, apply_corruption
 from avtta.corruptions.preview import draw_contact_sheet
+from avtta.shards import storage
 from avtta.shards.transforms import resize_center_crop
 
 from .decode import decode_clip
@@ -65,17 +68,18 @@ def write_preview(
     Returns:
         The corruption parameters (as recorded in shards) plus ``frames`` and ``fps`` of the written video.
     """
-    video, out = Path(video), Path(out)
-    if out.suffix.lower() != ".mp4":
+    if not str(out).lower().endswith(".mp4"):
         raise ValueError(f"preview output must be an .mp4 file, got {out}")
-    frames, fps = _decode_frames(video, seconds, size)
-    clip = decode_clip(video, num_frames=1, frame_size=size, missing="fill", max_audio_samples=int(seconds * 16000))
+    with storage.local_copy(video) as local:
+        frames, fps = _decode_frames(local, seconds, size)
+        clip = decode_clip(local, num_frames=1, frame_size=size, missing="fill", max_audio_samples=int(seconds * 16000))
     wave = clip.waveform
     frames_c, wave_c, params = apply_corruption(
-        spec, frames, wave, seed=seed, key=video.stem, sample_rate=clip.sample_rate, options=options
+        spec, frames, wave, seed=seed, key=Path(local).stem, sample_rate=clip.sample_rate, options=options
     )
     audio = np.clip(wave_c, -1, 1)[None] if wave_c.size else None
-    write_video(out, frames_c, fps, audio, clip.sample_rate, video_codec="libx264", audio_codec="aac")
+    with _output(out) as target:
+        write_video(target, frames_c, fps, audio, clip.sample_rate, video_codec="libx264", audio_codec="aac")
     log.info("wrote %s: %d frames at %.2f fps, %s", out, len(frames_c), fps, spec)
     return {**params, "frames": len(frames_c), "fps": fps}
 
@@ -96,6 +100,20 @@ def contact_sheet(
     Returns:
         The grid shape ``(rows, columns)`` = (15, 5).
     """
-    video = Path(video)
-    frame = decode_clip(video, num_frames=10, missing="fill").frames[frame_index]
-    return draw_contact_sheet(frame, out, key=video.stem, seed=seed, cell=cell, options=options)
+    with storage.local_copy(video) as local:
+        frame = decode_clip(local, num_frames=10, missing="fill").frames[frame_index]
+    with _output(out) as target:
+        return draw_contact_sheet(frame, target, key=Path(local).stem, seed=seed, cell=cell, options=options)
+
+
+@contextlib.contextmanager
+def _output(out: str | Path) -> Iterator[Path]:
+    """Where a preview is written: the path itself locally (as before), else a local file uploaded whole after.
+
+    (The local atomic temporary name would hide the extension the encoders choose their format by.)
+    """
+    if storage.is_local(out):
+        yield storage.local_path(out)
+    else:
+        with storage.staged_path(out) as tmp:
+            yield tmp

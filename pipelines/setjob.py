@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from avtta.manifests import SET_FILE, ShardSetInfo, part_members, write_classes, write_json, write_set_tables
 from avtta.manifests.tables import CLASSES_FILE, read_label_csv
+from avtta.shards import storage
 from avtta.shards.io import is_temp_name
 from avtta.shards.schema import Sample, SampleRecord
 from avtta.shards.writer import ShardWriter
@@ -46,13 +47,17 @@ def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
 
-def part_path(set_dir: str | Path, index: int) -> Path:
-    """Where chunk ``index``'s part file of the set in ``set_dir`` lives."""
-    return Path(set_dir) / PARTS_DIR / f"shard-{index:06d}.json"
+def part_path(set_dir: str | Path, index: int) -> str:
+    """Where chunk ``index``'s part file of the set in ``set_dir`` (a path or URL) lives."""
+    return storage.join(set_dir, PARTS_DIR, part_name(index))
+
+
+def part_name(index: int) -> str:
+    return f"shard-{index:06d}.json"
 
 
 def read_part(set_dir: str | Path, index: int) -> dict[str, Any]:
-    return json.loads(part_path(set_dir, index).read_text())
+    return json.loads(storage.read_text(part_path(set_dir, index)))
 
 
 def fingerprint(payload: Any) -> str:
@@ -68,14 +73,14 @@ def check_names(**names: str) -> None:
 
 
 def check_min(**values: int | None) -> None:
-    """Check option lower bounds (``frames``, ``frame_size``, ``shard_size``, ``workers``); None passes."""
+    """Check option lower bounds (``_MINIMA``: frames, frame size, shard size, workers, Ray retries); None passes."""
     for name, value in values.items():
         bound = _MINIMA[name]
         if value is not None and value < bound:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {bound}, got {value}")
 
 
-_MINIMA = {"frames": 1, "frame_size": 16, "shard_size": 1, "workers": 0}
+_MINIMA = {"frames": 1, "frame_size": 16, "shard_size": 1, "workers": 0, "ray_retries": 0}
 
 
 def encode_flac(waveform: np.ndarray, sample_rate: int) -> bytes:
@@ -148,8 +153,8 @@ class SetTarget:
 
 def write_classes_checked(out: str | Path, dataset: str, classes: Sequence[tuple[str, str]]) -> None:
     """Write OUT/<dataset>/classes.csv, or check that an existing one has the same classes."""
-    path = Path(out) / dataset / CLASSES_FILE
-    if path.exists():
+    path = storage.join(out, dataset, CLASSES_FILE)
+    if storage.exists(path):
         if read_label_csv(path) != list(classes):
             raise ValueError(f"{path} lists other classes than this job's labels; use another --dataset or --out")
         return
@@ -158,30 +163,44 @@ def write_classes_checked(out: str | Path, dataset: str, classes: Sequence[tuple
 
 def start_sets(out: str | Path, dataset: str, classes: Sequence[tuple[str, str]], targets: Iterable[SetTarget]) -> None:
     """The start hook: output root, classes check, job fingerprints (resume or refuse), stale temporaries removed."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if storage.is_local(out):
+        storage.local_path(out).mkdir(parents=True, exist_ok=True)
     write_classes_checked(out, dataset, classes)
     for t in targets:
-        set_dir = out / t.relpath
-        job_file = set_dir / PARTS_DIR / JOB_FILE
-        if job_file.exists():
-            if json.loads(job_file.read_text()).get("fingerprint") != t.fingerprint:
+        set_dir = storage.join(out, t.relpath)
+        job_file = storage.join(set_dir, PARTS_DIR, JOB_FILE)
+        if storage.exists(job_file):
+            if json.loads(storage.read_text(job_file)).get("fingerprint") != t.fingerprint:
                 raise ValueError(
                     f"{set_dir} holds the output of a different job (inputs or options changed); "
                     "remove that folder or choose another --out"
                 )
         else:
             write_json({"fingerprint": t.fingerprint, **t.job}, job_file)
-        for folder in (set_dir, set_dir / PARTS_DIR):  # temporaries of a killed run, never under a final name
-            if folder.is_dir():
-                for p in folder.iterdir():
-                    if is_temp_name(p.name):
-                        p.unlink(missing_ok=True)
+        remove_temporaries(set_dir)  # of a killed run
 
 
-def chunk_done(out: str | Path, relpaths: Iterable[str], index: int) -> bool:
-    """Whether chunk ``index`` has its part file in every one of the sets."""
-    return all(part_path(Path(out) / rel, index).exists() for rel in relpaths)
+def remove_temporaries(set_dir: str | Path) -> None:
+    """Remove the temporary files of writers killed midway (a killed run, a lost Ray worker): never final names.
+
+    Remote writes stage outside the bucket (an object appears only whole), so there is nothing half-written to remove.
+    """
+    if not storage.is_local(set_dir):
+        return
+    for folder in (storage.local_path(set_dir), storage.local_path(set_dir) / PARTS_DIR):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if is_temp_name(p.name):
+                    p.unlink(missing_ok=True)
+
+
+def done_chunks(out: str | Path, relpaths: Iterable[str], indices: Iterable[int]) -> set[int]:
+    """Those of ``indices`` whose part file exists in every one of the sets (one listing per set)."""
+    done = set(indices)
+    for rel in relpaths:
+        names = set(storage.listdir(storage.join(out, rel, PARTS_DIR)))
+        done = {i for i in done if part_name(i) in names}
+    return done
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,7 +215,7 @@ class ChunkOutput:
     """
 
     def __init__(self, out: str | Path, index: int, targets: Iterable[SetTarget]):
-        self.out = Path(out)
+        self.out = str(out)
         self.index = index
         self.targets = {t.relpath: t for t in targets}
         self.rows: dict[str, list[dict]] = {rel: [] for rel in self.targets}
@@ -206,7 +225,7 @@ class ChunkOutput:
     def add(self, relpath: str, record: SampleRecord, sample: Sample) -> None:
         """Write one sample into the set's shard and keep its manifest row."""
         if relpath not in self._writers:
-            self._writers[relpath] = ShardWriter(self.out / relpath / shard_name(self.index))
+            self._writers[relpath] = ShardWriter(storage.join(self.out, relpath, shard_name(self.index)))
         self._writers[relpath].write(sample)
         self.rows[relpath].append(record.row(shard_name(self.index)))
 
@@ -233,7 +252,7 @@ class ChunkOutput:
                 "failures": self.failures[rel],
                 "members": members,
             }
-            write_json(part, part_path(self.out / rel, self.index))
+            write_json(part, part_path(storage.join(self.out, rel), self.index))
         return written
 
     def __enter__(self) -> ChunkOutput:
@@ -258,7 +277,8 @@ def complete_set(
     the counts (samples, shards, bytes, failures) and ``path`` / ``job`` come from the parts. ``frame_size`` may be
     a callable given the shard rows. Returns (info, shard rows, failure rows).
     """
-    set_dir = Path(out) / target.relpath
+    set_dir = storage.join(out, target.relpath)
+    remove_temporaries(set_dir)  # what the lost attempts of a chunk left (a worker killed while writing)
     samples, shards, failures = write_set_tables(set_dir, (read_part(set_dir, i) for i in indices))
     if callable(fields.get("frame_size")):
         fields["frame_size"] = fields["frame_size"](shards)
@@ -271,14 +291,18 @@ def complete_set(
         job=target.fingerprint,
         **fields,
     )
-    write_json(info.to_json(), set_dir / SET_FILE)
+    write_json(info.to_json(), storage.join(set_dir, SET_FILE))
     return info, shards, failures
 
 
-def run_chunks(fn: Callable[[Any], Any], tasks: Sequence[Any], cfg: Any, *, desc: str, unit_of: Callable) -> list:
+def run_chunks(
+    fn: Callable[[Any], Any], tasks: Sequence[Any], cfg: Any, *, desc: str, unit_of: Callable, describe: Callable
+) -> list:
     """Run ``fn`` over the chunk tasks with :func:`~.ray_runner.run_tasks`, as the job config says.
 
-    ``cfg`` carries ``workers``, ``ray_address``, ``progress`` and ``verbose`` (``ShardJobConfig``, ``ImportConfig``).
+    ``cfg`` carries ``workers``, ``ray_address``, ``ray_retries``, ``progress`` and ``verbose`` (``ShardJobConfig``,
+    ``ImportConfig``); ``describe`` names a task in the message of a chunk given up after lost workers. A chunk is
+    safe to run again (its shards and part files are written atomically, and a part file written is not redone).
     """
     from .ray_runner import FunctionWorker, run_tasks
 
@@ -291,6 +315,8 @@ def run_chunks(fn: Callable[[Any], Any], tasks: Sequence[Any], cfg: Any, *, desc
         desc=desc,
         unit_of=unit_of,
         verbose=cfg.verbose,
+        retries=cfg.ray_retries,
+        describe=describe,
     )
 
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from avtta.corruptions import CorruptionOptions, CorruptionSpec, apply_corruption, corrupts, parse_specs
 from avtta.manifests import ShardSetInfo, set_relpath, write_catalog
+from avtta.shards import storage
 from avtta.shards.loader import decode_rgb, encode_jpeg
 from avtta.shards.schema import JPEG_QUALITY_CLEAN, JPEG_QUALITY_CORRUPTED, SCHEMA_VERSION, SampleRecord
 
@@ -56,12 +56,13 @@ class ShardJobConfig:
     crowd_image_dir: str | None = None
     workers: int | None = None  # None: all CPUs; 0: in-process without Ray
     ray_address: str | None = None
+    ray_retries: int = 3  # times a chunk lost with its Ray worker (process or node died) is run again
     progress: bool = True
     verbose: bool = False  # let the embedded Ray's own output through
 
     def validate(self) -> None:
         setjob.check_min(frames=self.frames, frame_size=self.frame_size, shard_size=self.shard_size)
-        setjob.check_min(workers=self.workers)
+        setjob.check_min(workers=self.workers, ray_retries=self.ray_retries)
         if self.missing not in ("fail", "fill"):
             raise ValueError(f"--missing must be 'fail' or 'fill', got {self.missing!r}")
         setjob.check_names(dataset=self.dataset, split=self.split)
@@ -83,6 +84,7 @@ class ChunkTask:
     targets: list[tuple[CorruptionSpec, SetTarget]]  # every set of the job
     out: str
     config: ShardJobConfig
+    endpoint: str | None = None  # the S3 endpoint of the driver, for workers on other nodes (not a secret)
 
 
 @dataclass
@@ -96,8 +98,14 @@ class ChunkReport:
     per_set: dict[str, Any] = field(default_factory=dict)
 
 
+def _describe_chunk(task: ChunkTask) -> str:
+    first = task.clips[0].source if task.clips else "no clips"
+    return f"chunk {task.index} ({len(task.clips)} clips from {first})"
+
+
 def process_chunk(task: ChunkTask) -> ChunkReport:
     """Decode each clip of the chunk once and write its samples into every target set's shard."""
+    storage.set_endpoint(task.endpoint)
     with setjob.single_threaded():
         return _process_chunk(task)
 
@@ -108,7 +116,9 @@ def _process_chunk(task: ChunkTask) -> ChunkReport:
     cfg = task.config
     report = ChunkReport(index=task.index, clips=len(task.clips))
     pending = [
-        (spec, t) for spec, t in task.targets if not setjob.part_path(Path(task.out) / t.relpath, task.index).exists()
+        (spec, t)
+        for spec, t in task.targets
+        if not storage.exists(setjob.part_path(storage.join(task.out, t.relpath), task.index))
     ]
     if not pending:
         report.skipped = True
@@ -118,7 +128,10 @@ def _process_chunk(task: ChunkTask) -> ChunkReport:
             try:
                 if clip.error:
                     raise setjob.SampleFailure(clip.error)
-                dec = decode_clip(clip.path, num_frames=cfg.frames, frame_size=cfg.frame_size, missing=cfg.missing)
+                with storage.local_copy(clip.path) as local:  # FFmpeg decodes local files: one GET per video
+                    dec = decode_clip(local, num_frames=cfg.frames, frame_size=cfg.frame_size, missing=cfg.missing)
+            except storage.StorageError:
+                raise  # the store is unreachable or refuses us: the job fails (and resumes), no failure row
             except Exception as err:  # noqa: BLE001 - one bad video never kills a job: it becomes a failure row
                 row = failure_row(clip.source, clip.video_id, err, expected=(DecodeError,))
                 for _, t in pending:
@@ -225,8 +238,8 @@ def plan_job(
     clips, classes = list_inputs(cfg.videos, cfg.labels)
     options = asdict(cfg.options)
     for name in ("noise_dir", "crowd_image_dir"):
-        if options.get(name):
-            options[name] = str(Path(options[name]).resolve())
+        if options.get(name) and storage.is_local(options[name]):
+            options[name] = str(storage.local_path(options[name]).resolve())
     common = {
         "schema": SCHEMA_VERSION,
         "clips": [[c.key, c.source, list(c.labels), c.error] for c in clips],
@@ -244,7 +257,7 @@ def plan_job(
         fp = setjob.fingerprint({**common, "spec": str(spec)})
         targets.append((spec, SetTarget(rel, fp, {"spec": str(spec)})))
     tasks = [
-        ChunkTask(i, clips[start : start + cfg.shard_size], targets, cfg.out, cfg)
+        ChunkTask(i, clips[start : start + cfg.shard_size], targets, cfg.out, cfg, storage.endpoint_url())
         for i, start in enumerate(range(0, len(clips), cfg.shard_size))
     ]
     return tasks, targets, classes
@@ -280,7 +293,8 @@ def run_shard_job(cfg: ShardJobConfig) -> JobSummary:
     tasks, targets, classes = plan_job(cfg)
     sets = [t for _, t in targets]
     setjob.start_sets(cfg.out, cfg.dataset, classes, sets)
-    todo = [t for t in tasks if not setjob.chunk_done(cfg.out, (s.relpath for s in sets), t.index)]
+    done = setjob.done_chunks(cfg.out, [s.relpath for s in sets], [t.index for t in tasks])
+    todo = [t for t in tasks if t.index not in done]
     log.info(
         "%d clips in %d chunks x %d shard sets (%d chunks to do)",
         sum(len(t.clips) for t in tasks),
@@ -288,7 +302,9 @@ def run_shard_job(cfg: ShardJobConfig) -> JobSummary:
         len(targets),
         len(todo),
     )
-    reports = setjob.run_chunks(process_chunk, todo, cfg, desc="clips", unit_of=lambda t: len(t.clips))
+    reports = setjob.run_chunks(
+        process_chunk, todo, cfg, desc="clips", unit_of=lambda t: len(t.clips), describe=_describe_chunk
+    )
     options = {k: v for k, v in asdict(cfg.options).items() if v not in (None, False)}
     infos, failed_paths = [], set()
     for spec, target in targets:

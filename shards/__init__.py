@@ -3,7 +3,8 @@
 This package imports nothing else of avtta: the catalog-level selection (:func:`avtta.manifests.open_dataset`) sits
 above it, beside the catalog. Its modules, bottom up:
 
-- :mod:`.schema`: the sample schema and its constants; :mod:`.io`: atomic writes, digests;
+- :mod:`.schema`: the sample schema and its constants; :mod:`.io`: atomic writes, digests; :mod:`.storage`: every
+  path a URL (local, ``file://``, ``s3://``) through one fsspec layer;
 - :mod:`.writer`: the shard writer; :mod:`.index`: the byte index of tar members;
 - :mod:`.transforms`: the CAV-MAE input transforms (statistics, frame selection, resize + crop, normalisation);
 - :mod:`.loader`: what both access modes share (settings, frame decode, key join, loader shell);

@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 import tarfile
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+from .fetch import FetchConfig, RangeFetcher, ShardCache, is_remote, local_path
 
 
 class Member(NamedTuple):
@@ -47,13 +50,41 @@ class MemberReader:
 
     ``pread`` does not move a shared file offset, so descriptors inherited by forked DataLoader workers stay safe;
     each process still opens its own (the cache is keyed by process id).
+
+    Shards named by a URL (:mod:`.fetch`) are read from their local cache copy when ``fetch`` has a cache folder,
+    else by ranged GETs: :meth:`prefetch` fetches the ranges a batch will read in coalesced, concurrent GETs and
+    holds them until they are read (one range read without a prefetch is one GET of its own).
     """
 
-    def __init__(self, max_open: int = 64):
+    def __init__(self, max_open: int = 64, fetch: FetchConfig | None = None):
         self.max_open = max_open
+        self.fetch = fetch
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._pid = os.getpid()
         self._scratch = bytearray()
+        self._remote = RangeFetcher(fetch)
+        self._cache = ShardCache(fetch) if fetch is not None and fetch.cache_dir else None
+        self._local: dict[str, str | None] = {}  # URL -> its cache copy (None: read by ranged GETs)
+        self._held: dict[tuple[str, int, int], memoryview] = {}
+
+    def prefetch(self, requests: Sequence[tuple[str, int, int]]) -> None:
+        """Fetch the ``(path, offset, size)`` ranges of remote, uncached shards now, coalesced (local: nothing to do).
+
+        They are held until read; what an earlier prefetch held and nobody read is dropped.
+        """
+        self._held = {}
+        wanted = [r for r in dict.fromkeys(requests) if is_remote(r[0]) and self._copy(r[0]) is None]
+        self._held = dict(zip(wanted, self._remote.fetch(wanted), strict=True))
+
+    @property
+    def requests(self) -> int:
+        """Ranged GETs this reader sent in this process."""
+        return self._remote.requests
+
+    def _copy(self, url: str) -> str | None:
+        if url not in self._local:
+            self._local[url] = self._cache.local(url) if self._cache is not None else None
+        return self._local[url]
 
     def read(self, path: str, offset: int, size: int) -> bytearray:
         """``size`` bytes at ``offset`` of ``path``, in a fresh writable buffer."""
@@ -75,7 +106,14 @@ class MemberReader:
     def read_into(self, path: str, offset: int, out: memoryview) -> None:
         """Fill ``out`` with the bytes at ``offset`` of ``path``."""
         size = len(out)
-        fd = self._fd(path)
+        if is_remote(path):
+            held = self._held.pop((path, offset, size), None)
+            copy = self._copy(path) if held is None else None
+            if copy is None:
+                out[:] = held if held is not None else self._remote.fetch([(path, offset, size)])[0]
+                return
+            path = copy
+        fd = self._fd(local_path(path))
         got = os.preadv(fd, [out], offset) if size else 0
         if got != size:
             raise ValueError(
@@ -113,7 +151,7 @@ class MemberReader:
             pass
 
     def __getstate__(self) -> dict:
-        return {"max_open": self.max_open}  # descriptors never travel to another process
+        return {"max_open": self.max_open, "fetch": self.fetch}  # descriptors never travel to another process
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["max_open"])
+        self.__init__(state["max_open"], state.get("fetch"))

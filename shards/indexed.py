@@ -46,6 +46,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from .fbank import compute_fbank, decode_flac, kaldi_fbank_batch
+from .fetch import FetchConfig, is_remote
 from .index import MemberReader
 from .loader import Loader, ReaderConfig, SampleHook, decode_rgb, join_keys, load_image
 from .schema import FBANK_DTYPE, FBANK_FIELD, FRAME_RE, META_FIELD, TARGET_LENGTH, WAVE_FIELD
@@ -307,8 +308,13 @@ class IndexedShards(Dataset):
     """
 
     def __init__(
-        self, refs: SampleRefs, cfg: ReaderConfig, pin_memory: bool = False, hook: SampleHook | None = None
-    ):  # fmt: skip
+        self,
+        refs: SampleRefs,
+        cfg: ReaderConfig,
+        pin_memory: bool = False,
+        hook: SampleHook | None = None,
+        fetch: FetchConfig | None = None,
+    ):
         self.refs = refs
         self.cfg = cfg
         self.pin_memory = pin_memory
@@ -322,7 +328,10 @@ class IndexedShards(Dataset):
                     "corrupting audio while reading needs the set written with --waveform"
                 )
         self.epoch = 0
-        self._reader = MemberReader()
+        self._reader = MemberReader(fetch=fetch)
+        # shards behind URLs without a local cache copy: each batch's ranges are fetched together, coalesced, and
+        # a DataLoader worker fetches a sample's fbank with its frame and hands the fbank bytes on
+        self._ranged = any(is_remote(p) for p in refs.paths) and not (fetch is not None and fetch.cache_dir)
         self._out = OutputBuffers(pin_memory)
         self._ring: FrameRing | None = None  # set by IndexedLoader for the lifetime of its DataLoader workers
         if cfg.frame not in ("eval", "random"):
@@ -390,8 +399,33 @@ class IndexedShards(Dataset):
         fbank = kaldi_fbank_batch([w for w, _ in waves], rates.pop(), device=self.hook.fbank_device)
         return fbank.to(torch.float16).cpu()  # the storage precision of a written set
 
-    def _fbank(self, i: int, path: str, offset: int, size: int) -> np.ndarray:
-        data = self._reader.read_scratch(path, offset, size)  # a short read names the shard itself
+    def _prefetch(self, indices: Sequence[int], frames: bool, fbanks: bool, metadata: bool = False) -> None:
+        """Ranged reads: fetch what the batch will read (its frames, fbanks, metadata, waveforms) in coalesced GETs."""
+        if not self._ranged:
+            return
+        refs, hook = self.refs, self.hook
+        wanted = []
+        for i in indices:
+            path = refs.paths[refs.video_shard[i]]
+            if frames:
+                offset, size = refs.frames[i, self._frame(i)].tolist()
+                wanted.append((path, offset, size))
+                if hook is not None and hook.audio:
+                    wanted.append((path, *refs.wave[i].tolist()))
+            if fbanks and (hook is None or not hook.audio):
+                wanted.append(self._fbank_ref(i))
+            if metadata and self.cfg.with_metadata and refs.meta[i, 1] >= 0:
+                wanted.append((path, *refs.meta[i].tolist()))
+        self._reader.prefetch(wanted)
+
+    def _fbank_ref(self, i: int) -> tuple[str, int, int]:
+        """(shard path, offset, size) of sample ``i``'s fbank."""
+        offset, size = self.refs.fbank[i].tolist()
+        return self.refs.paths[self.refs.audio_shard[i]], offset, size
+
+    def _fbank(self, i: int, path: str, offset: int, size: int, shipped: memoryview | None = None) -> np.ndarray:
+        # a short read names the shard itself; ``shipped``: the bytes a DataLoader worker fetched
+        data = shipped if shipped is not None else self._reader.read_scratch(path, offset, size)
         try:
             return npy_view(data)
         except ValueError as err:
@@ -407,11 +441,15 @@ class IndexedShards(Dataset):
         if info is None:
             return {"index": list(indices)}
         b, res = len(indices), self.cfg.im_res
+        ship = self._ranged and (self.hook is None or not self.hook.audio)
+        self._prefetch(indices, frames=True, fbanks=ship)
         slot = self._ring.acquire(info.id) if self._ring is not None else None
         out = self._ring.slot(info.id, slot)[:b] if slot is not None else _shared((b, 3, res, res))
         for j, i in enumerate(indices):
             out[j].copy_(self._image(i))  # one frame at a time: its decode buffer is freed and reused at once
         part: dict[str, Any] = {"index": list(indices)}
+        if ship:  # fetched with the frames (one GET when adjacent): the fbank bytes go on in one shared buffer
+            part["fbank_bytes"] = _pack_bytes([self._reader.read(*self._fbank_ref(i)) for i in indices])
         if self.hook is not None and self.hook.audio:  # the costly fbanks (or the waveforms) are made here too
             if self.hook.fbank_device is None:
                 fbank = _shared((b, TARGET_LENGTH, NUM_MEL_BINS), torch.float16)
@@ -434,6 +472,8 @@ class IndexedShards(Dataset):
         audio = self._out.get("audio", (b, cfg.target_length, NUM_MEL_BINS))
         video = self._out.get("video", (b, 3, res, res))
         metadata = []
+        shipped = _unpack_bytes(part["fbank_bytes"]) if "fbank_bytes" in part else None
+        self._prefetch(indices, frames=frames is None, fbanks=shipped is None, metadata=True)
         changed = self._fbanks(part)
         # the batch's fbank locations in one numpy gather (indexing the arrays per sample costs more)
         shards, ranges = (
@@ -441,7 +481,7 @@ class IndexedShards(Dataset):
         )
         for j, i in enumerate(indices):
             if changed is None:
-                stored = self._fbank(i, refs.paths[shards[j]], *ranges[j])
+                stored = self._fbank(i, refs.paths[shards[j]], *ranges[j], shipped[j] if shipped else None)
             else:
                 stored = changed[j]
             stored = stored.numpy() if isinstance(stored, torch.Tensor) else stored
@@ -555,6 +595,22 @@ def _shared(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.T
     size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
     storage = torch.UntypedStorage._new_shared(size)  # noqa: SLF001 - as default_collate does
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def _pack_bytes(items: Sequence[bytes | bytearray]) -> tuple[torch.Tensor, list[int]]:
+    """Byte strings -> one shared-memory uint8 buffer and their end offsets (one transfer to the main process)."""
+    ends = np.cumsum([len(x) for x in items]).tolist()
+    buf = _shared((ends[-1] if ends else 0,))
+    view = buf.numpy()
+    for item, start, end in zip(items, [0, *ends[:-1]], ends, strict=True):
+        view[start:end] = np.frombuffer(item, dtype=np.uint8)
+    return buf, ends
+
+
+def _unpack_bytes(packed: tuple[torch.Tensor, list[int]]) -> list[memoryview]:
+    buf, ends = packed
+    data = memoryview(buf.numpy()).cast("B")
+    return [data[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 def _identity(batch: Any) -> Any:

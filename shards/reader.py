@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from .fetch import FetchConfig, ShardCache, open_stream, remote_errors
 from .loader import Loader, ReaderConfig, load_image, resolve_pin_memory
 from .schema import FBANK_FIELD, FRAME_FIELD, LABEL_FIELD, META_FIELD, decode_npy
 from .transforms import fill_fbank, fill_image, fixed_frame_index, frame_index, load_fbank
@@ -47,8 +48,14 @@ SHUFFLE_BUFFER = 1000  # samples held by the buffer shuffle, over all streams
 log = logging.getLogger(__name__)
 
 
-def _iter_raw(paths: Sequence[str], select: Any = None) -> Iterator[dict[str, Any]]:
-    yield from tarfile_samples([{"url": str(p)} for p in paths], select_files=select)
+def _iter_raw(
+    paths: Sequence[str], select: Any = None, cache: ShardCache | None = None, fetch: FetchConfig | None = None
+):
+    """The raw samples of tar shards, read front to back (local files, cache copies or sequential GETs)."""
+    for path in paths:
+        with open_stream(str(path), fetch, cache) as stream, remote_errors(str(path)):
+            files = tar_file_expander([{"url": str(path), "stream": stream}], select_files=select)
+            yield from group_by_keys(files)
 
 
 class _MemberFilter:
@@ -81,6 +88,7 @@ class ShardStream(IterableDataset):
             (the pairs :func:`avtta.manifests.open_dataset` derives from the key join); each pair is merged by key.
         num_frames: the frames every sample holds, when known: a fixed frame is then read alone.
         shuffle_buffer: samples held by the buffer shuffle (over all streams; 1 or less: no buffer shuffle).
+        fetch: how shards named by URLs are read (:mod:`.fetch`: sequential GETs, or a local cache).
     """
 
     def __init__(
@@ -90,8 +98,10 @@ class ShardStream(IterableDataset):
         audio_paths: Sequence[str | Path] | None = None,
         num_frames: int | None = None,
         shuffle_buffer: int = SHUFFLE_BUFFER,
+        fetch: FetchConfig | None = None,
     ):
         super().__init__()
+        self.fetch = fetch
         self.paths = [str(p) for p in paths]
         self.audio_paths = [str(p) for p in audio_paths] if audio_paths is not None else None
         if self.audio_paths is not None and len(self.audio_paths) != len(self.paths):
@@ -117,12 +127,14 @@ class ShardStream(IterableDataset):
         return [order[i::v] for i in range(v)]
 
     def _samples(self, shard_ids: list[int]) -> Iterator[dict[str, Any]]:
+        fetch = self.fetch
+        cache = ShardCache(fetch) if fetch is not None and fetch.cache_dir else None
         for i in shard_ids:
-            vid = _iter_raw([self.paths[i]], self.select)
+            vid = _iter_raw([self.paths[i]], self.select, cache, fetch)
             if self.audio_paths is None:
                 yield from vid
                 continue
-            yield from _merge_by_key(vid, _iter_raw([self.audio_paths[i]], _audio_member_filter))
+            yield from _merge_by_key(vid, _iter_raw([self.audio_paths[i]], _audio_member_filter, cache, fetch))
 
     def _stream(self, v: int, shard_ids: list[int]) -> Iterator[dict[str, Any]]:
         """Stream ``v``: its shards, a buffer shuffle and per-sample randomness all seeded by (seed, epoch, v)."""

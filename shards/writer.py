@@ -1,9 +1,10 @@
 """Deterministic, atomic shard writing with the ``webdataset`` library's ``TarWriter``.
 
 Tar headers carry fixed owner, mode and mtime, so the same samples always give byte-identical files. A shard is
-written to a temporary name in its directory and renamed into place when complete, so a half-written shard is
-never visible under its final name. On close the writer lists the byte range of every member (``members``), the
-index the reader uses for random access.
+written to a temporary file and made visible only when complete (:func:`.storage.staged_path`: renamed into
+place locally, uploaded whole to an object store), so a half-written shard is never visible under its final name.
+On close the writer lists the byte range of every member (``members``), the index the reader uses for random
+access.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 
 import webdataset as wds
 
+from . import storage
 from .index import Member, scan_members
-from .io import atomic_path, file_digest
+from .io import file_digest
 from .schema import Sample, SchemaError, encode_sample, validate_key
 
 TAR_MTIME = 0  # fixed header fields -> reproducible bytes (an int: a float mtime adds a PAX header per member)
@@ -34,10 +36,10 @@ class ShardWriter:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # atomic_path (temporary name, fsync + rename on success, removal on error), held open while writing
-        self._atomic = atomic_path(self.path)
+        self.path = Path(path) if storage.is_local(path) else str(path)
+        # staged_path (a temporary file; on success renamed into place or uploaded whole, on error removed), held
+        # open while writing
+        self._atomic = storage.staged_path(self.path)
         self._tmp: Path | None = self._atomic.__enter__()
         self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
         self._tar = wds.TarWriter(
@@ -64,9 +66,10 @@ class ShardWriter:
         self._tar.close()
         self._fh.close()
         self.members = scan_members(self._tmp)  # read back from the bytes on disk, not from what we meant to write
+        digest = file_digest(self._tmp)  # of the bytes that are then renamed or uploaded unchanged
         self._atomic.__exit__(None, None, None)
         self._tmp = None
-        return file_digest(self.path)
+        return digest
 
     def abort(self) -> None:
         """Drop the shard: close the files and remove the temporary (a no-op once the shard is closed)."""

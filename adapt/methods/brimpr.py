@@ -200,10 +200,12 @@ class BriMPR(TTAMethod):
         noise_v = self.uniform(batch, m.num_video_patches).to(video.device)
         keep_a = (noise_a, int(m.num_audio_patches * (1 - self.config.mask)))
         keep_v = (noise_v, int(m.num_video_patches * (1 - self.config.mask)))
-        a, feats_a = m.encode("a", audio, prompts=self.prompts_a, layer_features=True)
-        am = m.encode("a", audio, prompts=self.prompts_a, keep=keep_a)
-        v, feats_v = m.encode("v", video, prompts=self.prompts_v, layer_features=True)
-        vm = m.encode("v", video, prompts=self.prompts_v, keep=keep_v)
+        # the full and the masked stream of a modality start from the same patch tokens: embedded once
+        tokens_a, tokens_v = m.embed_audio(audio), m.embed_video(video)
+        a, feats_a = m.run_stack(tokens_a, "a", prompts=self.prompts_a, layer_features=True)
+        am = m.run_stack(m.keep_tokens(tokens_a, *keep_a), "a", prompts=self.prompts_a)
+        v, feats_v = m.run_stack(tokens_v, "v", prompts=self.prompts_v, layer_features=True)
+        vm = m.run_stack(m.keep_tokens(tokens_v, *keep_v), "v", prompts=self.prompts_v)
 
         pooled_u = m.fuse_pool(a.detach(), v.detach())  # teacher: no gradient (8.2 step 4)
         return {

@@ -10,7 +10,8 @@ one Adam step (GradScaler for fp16) on the fusion attention's input projection (
 ``blocks_u.0.attn.qkv`` weight and bias, 1,771,776 values at full width).
 
 KEEP (item 2, ``score="post"``): the scored logits come from a second, no-grad forward after the update of the same
-batch; ``score="pre"`` scores the pre-update forward instead (fair comparison, one forward less).
+batch (of the fusion block and head only: the frozen modality stacks' outputs of the first forward are reused);
+``score="pre"`` scores the pre-update forward instead (fair comparison, one fusion pass less).
 KEEP (item 19): softmax of the *summed* probabilities; gamma = 1/e.
 FIX (items 6-8): one fused ``qkv`` is trained (Adam is element-wise, so this equals training the references'
 q/k/v row slices), and reset restores it exactly.
@@ -58,11 +59,17 @@ class READ(TTAMethod):
         return ("fusion_qkv",)
 
     def forward_and_adapt(self, audio: Tensor, video: Tensor) -> Tensor:
-        logits = self.forward_logits(audio, video)
+        m = self.model
+        with self.autocast():
+            with torch.no_grad():  # the modality stacks are frozen: no graph, and their outputs are kept
+                a, v = m.encode("a", audio), m.encode("v", video)
+            logits = m.forward_head(m.fuse_pool(a, v))
         probs = self.loss_input(logits).softmax(dim=-1)
         loss = confidence_term(probs, self.config.gamma) - balance_entropy(probs)
         self.apply_update(loss)
         if self.config.score == "pre":
             return logits
-        with torch.no_grad():
-            return self.forward_logits(audio, video)
+        # KEEP item 2: scored after the update. Only the fusion qkv changed, so the stacks' outputs above are the
+        # post-update ones too (eval mode, no dropout or running statistics): the fusion block and head run again.
+        with torch.no_grad(), self.autocast():
+            return m.forward_head(m.fuse_pool(a, v))

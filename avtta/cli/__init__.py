@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="debug logging, tracebacks, and the embedded Ray's own output"
     )
+    parser.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="endpoint of an S3-compatible object store for s3:// paths, e.g. http://127.0.0.1:8333 (default: "
+        "AVTTA_S3_ENDPOINT, else AWS_ENDPOINT_URL, else AWS); credentials come from the AWS environment variables "
+        "or config files, never from options",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -50,17 +57,33 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # the S3 client's own INFO lines ("Found credentials in ...") are not the user's concern
+        for name in ("aiobotocore", "botocore", "s3fs", "fsspec"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from avtta.shards.storage import StorageError, set_endpoint
+
     try:
+        set_endpoint(args.s3_endpoint)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        # Bad arguments or files: one clear line naming the value or file, no traceback.
+    except (ValueError, FileNotFoundError, TypeError, StorageError) as err:
+        # Bad arguments, files or storage (access denied, no such bucket, endpoint unreachable): one clear line
+        # naming the value, file or URL, no traceback. An error raised on a Ray worker carries the original as
+        # ``cause`` (its own text holds the remote traceback).
         if args.verbose:
             raise
-        print(f"avtta {args.command}: error: {err}", file=sys.stderr)
+        print(f"avtta {args.command}: error: {getattr(err, 'cause', None) or err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from avtta.pipelines.ray_runner import TaskLostError
+
+        # A job given up after its Ray workers were lost: the message names the task and the cause.
+        if args.verbose or not isinstance(err, TaskLostError):
+            raise
+        print(f"avtta {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

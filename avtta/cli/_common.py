@@ -104,10 +104,21 @@ def _same(value: Any) -> Any:
 
 
 def add_ray_arguments(p: argparse.ArgumentParser) -> None:
-    """``--workers``, ``--ray-address``, ``--no-progress`` (their defaults are the config's)."""
+    """``--workers``, ``--ray-address``, ``--ray-retries``, ``--no-progress`` (their defaults are the config's)."""
     p.add_argument("--workers", type=int, help="parallel workers (none: all CPUs; 0: no Ray, in-process)")
     p.add_argument("--ray-address", help="run on an existing Ray cluster (none: RAY_ADDRESS or an embedded Ray)")
+    add_ray_retries(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_ray_retries(p: argparse.ArgumentParser) -> None:
+    """``--ray-retries``: how often a task lost with its Ray worker is run again (the config's default)."""
+    p.add_argument(
+        "--ray-retries",
+        type=int,
+        help="times a task whose Ray worker died (process killed, node lost) is run again on another worker "
+        "before the job fails",
+    )
 
 
 def print_set_summary(summary: Any, out: str, *, what: str, name: Callable[[Any], str]) -> None:

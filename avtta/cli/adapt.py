@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import config_from_args, config_parser_kwargs
+from ._common import add_ray_retries, config_from_args, config_parser_kwargs
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -96,12 +96,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ray-address", dest="ray_address", help="fan (method, corruption, seed) jobs out over a Ray cluster"
     )
+    add_ray_retries(p)
     p.add_argument(
         "--valuation",
         action="store_true",
         help="per-sample modality valuation (phi_a, phi_v: Wei et al. CVPR'24) in samples.parquet, valuation.png",
     )
-    p.add_argument("--out", help="run folder")
+    p.add_argument(
+        "--cache-dir", dest="cache_dir", help="a catalog on s3://: keep its shards in this folder for the next run"
+    )
+    p.add_argument("--out", help="run folder (or an s3:// URL)")
     p.add_argument("--no-progress", action="store_true", dest="no_progress", help="no progress bar")
     p.set_defaults(func=run)
 

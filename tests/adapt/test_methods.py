@@ -275,9 +275,14 @@ def test_read_scoring(narrow, batch) -> None:
     pre = adapt.create_method("read", copy.deepcopy(narrow), score="pre")
     post = adapt.create_method("read", copy.deepcopy(narrow))
     assert torch.equal(pre.step(*batch), source)
+    runs = {"stack": 0, "head": 0}
+    post.model.blocks_v[0].register_forward_hook(lambda *_: runs.__setitem__("stack", runs["stack"] + 1))
+    post.model.mlp_head.register_forward_hook(lambda *_: runs.__setitem__("head", runs["head"] + 1))
     scored = post.step(*batch)
+    # the frozen stacks run once; only the fusion block and head run again after the update
+    assert runs == {"stack": 1, "head": 2}
     assert not torch.equal(scored, source)
-    assert torch.equal(scored, post.predict(*batch))  # the second forward sees the updated qkv
+    assert torch.equal(scored, post.predict(*batch))  # the second forward sees the updated qkv (and equals a full one)
 
 
 def test_t3a_support_filter(narrow, batch) -> None:

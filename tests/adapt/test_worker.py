@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 
@@ -100,48 +99,31 @@ def test_bad_selection_names_the_value(catalog, checkpoint, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_ray_fan_out_on_two_node_cluster(catalog, checkpoint, tmp_path, ray_cluster):
+def test_ray_fan_out_on_two_node_cluster_survives_a_lost_worker(catalog, checkpoint, tmp_path, ray_nodes):
+    methods = ("source", "tent", "read")
     local = run_adaptation(
-        cfg(catalog, checkpoint, tmp_path / "local", protocol="video", methods=("source", "tent", "read"))
+        cfg(catalog, checkpoint, tmp_path / "local", protocol="video", methods=methods, valuation=True)
     )
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "avtta",
-            "adapt",
-            "--catalog",
-            str(catalog),
-            "--dataset",
-            "toy",
-            "--protocol",
-            "video",
-            "--methods",
-            "source,tent,read",
-            "--checkpoint",
-            str(checkpoint),
-            "--seeds",
-            "111",
-            "--batch-size",
-            "4",
-            "--workers",
-            "0",
-            "--out",
-            str(tmp_path / "ray"),
-            "--ray-address",
-            ray_cluster,
-            "--no-progress",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    args = ["adapt", "--catalog", str(catalog), "--dataset", "toy", "--protocol", "video", "--methods",
+            ",".join(methods), "--checkpoint", str(checkpoint), "--seeds", "111", "--batch-size", "4", "--workers",
+            "0", "--out", str(tmp_path / "ray"), "--ray-address", ray_nodes.address, "--no-progress",
+            "--valuation"]  # fmt: skip
+    # one actor killed while it adapts: its job is run again from the method's reset state, elsewhere or on the
+    # restarted actor, so every number equals the undisturbed in-process run (a half-adapted model would not)
+    res = ray_nodes.run_killing(args, "worker")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Ray: 2 workers" in res.stderr  # one actor per node CPU of the 2-node cluster
+    assert "adaptation job" in res.stderr and "Ray worker lost" in res.stderr
+
+    def same(row: dict) -> dict:  # timing aside; NaN compared as equal
+        return {k: None if v != v else v for k, v in row.items() if k not in ("seconds", "samples_per_s")}
+
     remote = pq.read_table(tmp_path / "ray" / "results.parquet").to_pylist()
-    key = lambda r: (r["method"], r["corruption"], r["seed"])  # noqa: E731
-    assert {key(r): r["accuracy"] for r in remote} == {key(r): r["accuracy"] for r in local}
+    assert [same(r) for r in remote] == [same(r) for r in local]
+    # per sample: the prediction and the modality values phi_a / phi_v, read from the logits of the model as it
+    # scored, bit for bit (one torch thread in the actors as in this process)
+    remote, local = (pq.read_table(tmp_path / d / "samples.parquet").to_pylist() for d in ("ray", "local"))
+    assert [same(r) for r in remote] == [same(r) for r in local]
 
 
 def test_reference_batch_averaged_accuracy_and_both_tau(catalog, checkpoint, tmp_path):

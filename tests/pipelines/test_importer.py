@@ -440,15 +440,31 @@ def test_ray_import_gives_same_bytes(kinetics_tree, imported, tmp_path, ray_loca
     out, _, cfg = imported
     ray_cfg = dataclasses.replace(cfg, out=str(tmp_path / "ray"), workers=2)
     run_import(ray_cfg)
+    assert _digest(tmp_path / "ray") == _digest(out)
 
-    def digest(root: Path) -> dict[str, str]:
-        return {
-            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))
-            if p.is_file() and (p.suffix in (".tar", ".parquet"))
-        }
 
-    assert digest(tmp_path / "ray") == digest(out)
+def _digest(root: Path) -> dict[str, str]:
+    """sha256 of the shards and tables under root, and the relative paths of every other file (none left over)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.suffix in (".tar", ".parquet") else ""
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_import_on_the_cluster_survives_a_lost_worker(kinetics_tree, imported, tmp_path, ray_nodes):
+    out = imported[0]
+    labels = str(kinetics_tree / "class_labels_indices_ks50.csv")
+    args = ["import", "--json", str(kinetics_tree / "json"), "--labels", labels,
+            "--out", str(tmp_path / "ray"), "--dataset", "ks50", "--shard-size", "3", "--no-progress",
+            "--ray-address", ray_nodes.address]  # fmt: skip
+    started = lambda: any((tmp_path / "ray").rglob("_parts/shard-*.json"))  # noqa: E731 - a chunk is done
+    res = ray_nodes.run_killing(args, "worker", ready=started)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Ray worker lost" in res.stderr  # the lost chunk ran again (the shared path of run_chunks)
+    assert _digest(tmp_path / "ray") == _digest(out)
 
 
 def test_wav_formats_follow_the_loader(kinetics_tree, tmp_path, reference_fbank):
@@ -515,3 +531,15 @@ def test_audio_assist_on_imported_catalog_with_another_label_space(imported, tmp
     bad = dataclasses.replace(cfg, method_config={"audio_assist": {**settings, "label_map": str(tmp_path / "bad.csv")}})
     with pytest.raises(ValueError, match=r"curling.*bad\.csv|bad\.csv.*curling"):
         run_adaptation(bad)
+
+
+def test_import_to_s3_gives_the_local_bytes(imported, s3_bucket):
+    """`avtta import --out s3://...`: every object equals the file of the local import (shards, parts, manifests)."""
+    from avtta.shards import storage
+
+    out, _, cfg = imported
+    url = storage.join(s3_bucket, "imported")
+    run_import(dataclasses.replace(cfg, out=url))
+    remote = {u[len(url) + 1 :]: hashlib.sha256(storage.read_bytes(u)).hexdigest() for u in storage.find(url)}
+    local = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+    assert remote == local and len(remote) > 20

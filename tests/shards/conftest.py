@@ -41,15 +41,16 @@ def _write_set(root, spec: str, salt: int, failed: tuple[str, ...] = (), prefix:
     for j, chunk in enumerate([keys[0:4], keys[4:8], keys[8:10]]):
         name = f"shard-{j:06d}.tar"
         rows = []
-        with ShardWriter(folder / name) as w:
-            for key in chunk:
-                if key not in failed:
-                    s = _sample(key, salt + int(key[1:]))
-                    w.write(s)
-                    rows.append({"key": key, "video_id": key, "label": s.label, "shard": name})
+        w = ShardWriter(folder / name)
+        for key in chunk:
+            if key not in failed:
+                s = _sample(key, salt + int(key[1:]))
+                w.write(s)
+                rows.append({"key": key, "video_id": key, "label": s.label, "shard": name})
+        size, sha256 = w.close()
         parts.append(
             {
-                "shard": {"file": name, "samples": len(rows), "bytes": 0, "sha256": ""},
+                "shard": {"file": name, "samples": len(rows), "bytes": size, "sha256": sha256},
                 "samples": rows,
                 "failures": [],
                 "members": part_members(w.members),
