@@ -255,7 +255,7 @@ def _key_shard(cat: Catalog, info: ShardSetInfo) -> dict[str, str]:
 
 def _sample_rows(cat: Catalog, info: ShardSetInfo) -> pa.Table:
     """``shard`` (path or URL), ``key``, ``label`` of a set's samples in manifest (= writing) order."""
-    return _located(cat.samples(info).select(["shard", "key", "label"]), cat, info)
+    return _located(cat.samples(info, ["shard", "key", "label"]), cat, info)
 
 
 def _member_rows(cat: Catalog, info: ShardSetInfo, field: str | None = None) -> pa.Table:

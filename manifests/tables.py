@@ -385,8 +385,9 @@ class Catalog:
         """The set's ``shards.parquet``: file, samples, bytes, sha256 of every shard."""
         return _read_parquet(self.url(info, SHARDS_FILE))
 
-    def samples(self, info: ShardSetInfo) -> pa.Table:
-        return _read_parquet(self.url(info, SAMPLES_FILE))
+    def samples(self, info: ShardSetInfo, columns: list[str] | None = None) -> pa.Table:
+        """The set's samples table (only ``columns`` when given: the reader needs 3 of its columns)."""
+        return _read_parquet(self.url(info, SAMPLES_FILE), columns)
 
     def failures(self, info: ShardSetInfo) -> pa.Table:
         return _read_parquet(self.url(info, FAILURES_FILE))
@@ -426,11 +427,11 @@ class Catalog:
         ]
 
 
-def _read_parquet(url: str) -> pa.Table:
-    """A Parquet file of a local or remote catalog (one whole GET: manifests are small)."""
+def _read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file of a local or remote catalog (one whole GET: manifests are small), ``columns`` only if given."""
     if storage.is_local(url):
-        return pq.read_table(storage.local_path(url))
-    return pq.read_table(pa.BufferReader(storage.read_bytes(url)))
+        return pq.read_table(storage.local_path(url), columns=columns)
+    return pq.read_table(pa.BufferReader(storage.read_bytes(url)), columns=columns)
 
 
 def format_table(rows: Iterable[dict[str, Any]]) -> str:
