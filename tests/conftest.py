@@ -290,8 +290,10 @@ class S3Server:
             "AWS_EC2_METADATA_DISABLED": "true",  # never probe 169.254.169.254 for credentials
         }
         self._buckets = 0
+        self._starts = 0
 
     def start(self, timeout: float = 90.0) -> None:
+        self._starts += 1
         import time
 
         args = [f"-{flag}={port}" for flag, port in zip(self.PORT_FLAGS, self.ports, strict=True)]
@@ -332,9 +334,12 @@ class S3Server:
 
         try:
             client = self._client()
-            client.create_bucket(Bucket="avtta-probe") if not self._has("avtta-probe", client) else None
-            client.put_object(Bucket="avtta-probe", Key="probe", Body=b"ok")
-            return client.get_object(Bucket="avtta-probe", Key="probe")["Body"].read() == b"ok"
+            # a fresh bucket each start: after a restart the master needs a while (raft leader election) before it
+            # places new collections again, while puts into old buckets already work
+            bucket = f"avtta-probe-{self._starts}"
+            client.create_bucket(Bucket=bucket) if not self._has(bucket, client) else None
+            client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
+            return client.get_object(Bucket=bucket, Key="probe")["Body"].read() == b"ok"
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             return False
 
