@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from avtta.shards import storage
+
 log = logging.getLogger(__name__)
 
 __all__ = ["PROFILES", "DemoProfile", "DemoResult", "run_demo"]
@@ -118,7 +120,7 @@ PROFILES: dict[str, DemoProfile] = {
 class DemoResult:
     """What :func:`run_demo` produced."""
 
-    out: Path
+    out: Path | str  # a Path, or the URL of an s3:// --out
     table: str  # Markdown: accuracy per method x corruption (mean over corruptions), then the clean table
     rows: list[dict[str, Any]]
     clean: dict[str, float]  # source model on clean test data: acc_multimodal, acc_audio, acc_video (percent)
@@ -136,32 +138,56 @@ def _pick_workers(workers: int | None) -> int:
     return cpu_count()
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: str | Path) -> Any:
+    """The JSON document at ``path`` (a local path or a URL), or None when it is missing or unreadable."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        if not storage.exists(path):
+            return None
+        return json.loads(storage.read_text(path))
+    except (OSError, json.JSONDecodeError):  # StorageError is an OSError
         return None
 
 
-def _write_json(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+def _write_json(obj: Any, path: str | Path) -> None:
+    if storage.is_local(path):
+        storage.local_path(path).parent.mkdir(parents=True, exist_ok=True)
+    storage.atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _step_generate(p: DemoProfile, data: Path, workers: int) -> tuple[Any, bool]:
-    from avtta.pipelines.demo_data import DATASET_FILE, generate_demo_dataset
+def _step_generate(p: DemoProfile, data: str | Path, workers: int) -> tuple[Any, bool]:
+    """The demo videos under ``<data>/videos``. For a URL (``s3://``) they are generated in a local temporary
+    folder and uploaded, ``dataset.json`` last (its presence marks a complete upload, as it marks a complete local
+    data set); the returned data set then names the URLs, and the shard job reads them from there."""
+    import tempfile
 
-    cached = (data / "videos" / DATASET_FILE).exists()
-    ds = generate_demo_dataset(
-        data / "videos", num_classes=p.num_classes, train=p.train_clips, test=p.test_clips, seconds=p.seconds,
-        size=p.size, fps=p.fps, seed=p.seed, workers=workers,
+    from avtta.pipelines import demo_data as dd
+
+    videos = storage.join(data, "videos")
+    options = dict(
+        num_classes=p.num_classes, train=p.train_clips, test=p.test_clips, seconds=float(p.seconds), size=p.size,
+        fps=float(p.fps), seed=p.seed,
     )  # fmt: skip
-    return ds, cached
+    if storage.is_local(videos):
+        cached = storage.exists(storage.join(videos, dd.DATASET_FILE))
+        return dd.generate_demo_dataset(videos, workers=workers, **options), cached
+    cfg = dd.DemoConfig(**options)
+    found = _read_json(storage.join(videos, dd.DATASET_FILE))
+    if found is not None and found.get("config") != asdict(cfg):
+        raise ValueError(
+            f"{videos} holds a demo data set made with other options ({found.get('config')}); choose another --data"
+        )
+    if found is None:
+        with tempfile.TemporaryDirectory(prefix="avtta-demo-") as tmp:
+            dd.generate_demo_dataset(tmp, workers=workers, **options)
+            files = sorted(f.relative_to(tmp).as_posix() for f in Path(tmp).rglob("*") if f.is_file())
+            for rel in sorted(files, key=lambda r: r == dd.DATASET_FILE):
+                storage.upload(Path(tmp) / rel, storage.join(videos, rel))
+    urls = [storage.join(videos, part) for part in ("train", "test", dd.LABELS_FILE, dd.CLIPS_FILE)]
+    ds = dd.DemoDataset(videos, *urls, tuple(dd.class_table(p.num_classes)), cfg)  # type: ignore[arg-type]
+    return ds, found is not None
 
 
-def _step_shard(p: DemoProfile, ds: Any, catalog: Path, workers: int, progress: bool) -> bool:
+def _step_shard(p: DemoProfile, ds: Any, catalog: str | Path, workers: int, progress: bool) -> bool:
     """Shard the clean train split and the clean + corrupted test split; True when nothing was left to do."""
     from avtta.pipelines.shard_job import ShardJobConfig, run_shard_job
 
@@ -185,8 +211,8 @@ def _step_shard(p: DemoProfile, ds: Any, catalog: Path, workers: int, progress: 
 
 
 def _step_train(
-    p: DemoProfile, catalog: Path, run: Path, progress: bool, **options: Any
-) -> tuple[Path, dict[str, float], bool]:
+    p: DemoProfile, catalog: str | Path, run: str | Path, progress: bool, **options: Any
+) -> tuple[str, dict[str, float], bool]:
     """Train the source model (resuming a killed run); return its checkpoint and last validation accuracies.
 
     ``options``: further ``TrainConfig`` fields (the balanced variants of ``avtta demo --balance``).
@@ -197,9 +223,10 @@ def _step_train(
         catalog=str(catalog), dataset=DATASET, model=p.model, out=str(run), epochs=p.epochs,
         batch_size=p.train_batch_size, seed=p.seed, val_split="test", progress=progress, **options,
     )  # fmt: skip
-    state = _read_json(run / "state.json")
+    state = _read_json(storage.join(run, "state.json"))
     # with the defaults of fields added since (a model trained before the balance options still matches)
-    saved = saved_config(run / "train_config.json") if _read_json(run / "train_config.json") is not None else None
+    config_file = storage.join(run, "train_config.json")
+    saved = saved_config(config_file) if _read_json(config_file) is not None else None
     # paths and run-time knobs may be spelled differently between runs; everything else must match
     volatile = ("catalog", "out", "progress", "num_workers", "device")
     same = saved is not None and all(saved.get(k) == v for k, v in cfg.to_json().items() if k not in volatile)
@@ -211,22 +238,30 @@ def _step_train(
             raise ValueError(
                 f"{run} holds a source model trained with other options; remove the folder or choose another --out"
             )
-        history = train(cfg, resume=(run / "state.safetensors").exists()).history
+        history = train(cfg, resume=storage.exists(storage.join(run, "state.safetensors"))).history
     last = history[-1] if history else {}
     clean = {k: float(v) for k, v in last.items() if k.startswith("acc_")}
-    return run / "model.safetensors", clean, cached
+    return storage.join(run, "model.safetensors"), clean, cached
 
 
 def _step_adapt(
-    p: DemoProfile, catalog: Path, checkpoint: Path, out: Path, protocol: str, names: tuple[str, ...], progress: bool
+    p: DemoProfile,
+    catalog: str | Path,
+    checkpoint: str | Path,
+    out: str | Path,
+    protocol: str,
+    names: tuple[str, ...],
+    progress: bool,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Run every method on one protocol's sets (cached by config and checkpoint digest)."""
+
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from avtta.adapt.report import RESULTS_FILE
     from avtta.adapt.worker import AdaptConfig, checkpoint_digest, run_adaptation
 
-    run = out / "adapt" / protocol
+    run = storage.join(out, "adapt", protocol)
     cfg = AdaptConfig(
         catalog=str(catalog), dataset=DATASET, checkpoint=str(checkpoint), protocol=protocol,
         corruptions=names if protocol != "clean" else ("all",), severity=(p.severity,), methods=p.methods,
@@ -234,9 +269,9 @@ def _step_adapt(
     )  # fmt: skip
     config = {k: v for k, v in asdict(cfg).items() if k != "quiet"}
     key = {"config": config, "checkpoint": checkpoint_digest(checkpoint)}
-    marker = run / "demo_step.json"
-    if _read_json(marker) == json.loads(json.dumps(key, default=str)) and (run / RESULTS_FILE).exists():
-        return pq.read_table(run / RESULTS_FILE).to_pylist(), True
+    marker, results = storage.join(run, "demo_step.json"), storage.join(run, RESULTS_FILE)
+    if _read_json(marker) == json.loads(json.dumps(key, default=str)) and storage.exists(results):
+        return pq.read_table(pa.BufferReader(storage.read_bytes(results))).to_pylist(), True
     rows = run_adaptation(cfg)
     _write_json(key, marker)
     return rows, False
@@ -251,7 +286,7 @@ _CLEAN_NAMES = {
 }
 
 
-def _write_valuation(out_dir: Path) -> None:
+def _write_valuation(out_dir: str | Path) -> None:
     """One valuation report over every protocol's samples (sets named ``v:snow``, ``a:wind``..., and ``clean``)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -261,9 +296,9 @@ def _write_valuation(out_dir: Path) -> None:
 
     tables = []
     for protocol in ("clean", "video", "audio", "av"):
-        path = out_dir / "adapt" / protocol / SAMPLES_FILE
-        if path.exists():
-            table = pq.read_table(path)
+        path = storage.join(out_dir, "adapt", protocol, SAMPLES_FILE)
+        if storage.exists(path):
+            table = pq.read_table(pa.BufferReader(storage.read_bytes(path)))
             if protocol != "clean":
                 names = pc.binary_join_element_wise(_PREFIX[protocol], table["set"], ":")
                 table = table.set_column(table.schema.get_field_index("set"), "set", names)
@@ -288,10 +323,11 @@ def run_demo(
     """Run the demo benchmark end to end; see the module docstring.
 
     Args:
-        out: results root (``table.md``, ``heatmap.png``, ``results.parquet``, ``demo.json``; the source model in
-            ``source/`` and the per-protocol runs in ``adapt/``). ``quick`` and ``full`` write to sub-folders.
-        data: data root (videos in ``videos/``, the shard catalog in ``shards-v<schema version>/``; ``quick``: in
-            ``quick/``).
+        out: results root, a folder or an ``s3://`` URL (``table.md``, ``heatmap.png``, ``results.parquet``,
+            ``demo.json``; the source model in ``source/`` and the per-protocol runs in ``adapt/``). ``quick`` and
+            ``full`` write to sub-folders.
+        data: data root, a folder or an ``s3://`` URL (videos in ``videos/``, the shard catalog in
+            ``shards-v<schema version>/``; ``quick``: in ``quick/``).
         quick: the smoke profile (tiny data, 2 corruptions, all methods; well under 3 minutes).
         full: every corruption at severity 5, three seeds.
         workers: processes for generation and sharding (default: all CPUs; 0: in this process, without Ray).
@@ -302,9 +338,10 @@ def run_demo(
     if quick and full:
         raise ValueError("choose one of quick and full, not both")
     p = PROFILES["quick" if quick else "full" if full else "default"]
-    data_root = Path(data) / p.data_subdir
-    base_out = Path(out)
-    out_dir = base_out / p.out_subdir
+    # local paths or URLs (s3://): every read and write below goes through avtta.shards.storage
+    data_root = storage.join(data, p.data_subdir) if p.data_subdir else str(data)
+    base_out = str(out)
+    out_dir = storage.join(base_out, p.out_subdir) if p.out_subdir else base_out
     # quick: in-process sharding by default (a Ray start-up would be most of a smoke run)
     workers = _pick_workers(0 if quick and workers is None else workers)
     timings: dict[str, float] = {}
@@ -322,7 +359,7 @@ def run_demo(
     # sets' fingerprints (the shard job refuses to mix jobs in one folder); the old folder can be deleted
     from avtta.shards.schema import SCHEMA_VERSION
 
-    catalog = data_root / f"shards-v{SCHEMA_VERSION}"
+    catalog = storage.join(data_root, f"shards-v{SCHEMA_VERSION}")
     was_cached = _step_shard(p, ds, catalog, workers, progress)
     timings["shard"] = time.perf_counter() - t0
     cached += ["shard"] if was_cached else []
@@ -330,7 +367,7 @@ def run_demo(
 
     t0 = time.perf_counter()
     # full shares the default profile's source model (same data, same recipe)
-    source_dir = (base_out if p.name == "full" else out_dir) / "source"
+    source_dir = storage.join(base_out if p.name == "full" else out_dir, "source")
     checkpoint, clean, was_cached = _step_train(p, catalog, source_dir, progress)
     timings["train"] = time.perf_counter() - t0
     cached += ["train"] if was_cached else []
@@ -378,7 +415,7 @@ def run_demo(
         + "\n\nSource model on clean test data: "
         + ", ".join(f"{_CLEAN_NAMES.get(k, k)} {v:.1f} %" for k, v in clean.items())
     )
-    (out_dir / "table.md").write_text(table + "\n")
+    storage.atomic_write(storage.join(out_dir, "table.md"), table + "\n")
     timings["total"] = time.perf_counter() - t_all
     summary = {
         "profile": asdict(p),
@@ -389,5 +426,7 @@ def run_demo(
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "cached_steps": cached,
     }
-    _write_json(summary, out_dir / "demo.json")
-    return DemoResult(out_dir, table, rows + clean_rows, clean, timings, cached)
+    _write_json(summary, storage.join(out_dir, "demo.json"))
+    return DemoResult(
+        Path(out_dir) if storage.is_local(out_dir) else out_dir, table, rows + clean_rows, clean, timings, cached
+    )

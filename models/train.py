@@ -384,7 +384,7 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> CAVMAEFT:
 def saved_config(path: str | Path) -> dict[str, Any]:
     """A run's ``train_config.json``, with the default of every field it predates (e.g. a run saved before the
     balance options existed compares as ``resample="none"``, ``structure_loss=0``)."""
-    saved = json.loads(Path(path).read_text())
+    saved = json.loads(storage.read_text(path))
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     defaults = {
         name: f.default for name, f in fields.items() if f.default is not dataclasses.MISSING and name not in saved

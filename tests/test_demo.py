@@ -166,3 +166,31 @@ def test_quick_demo_end_to_end_then_cached(tmp_path):
     assert again.cached == ["generate", "shard", "train", "adapt"]
     assert again.table == result.table
     assert again.timings["total"] < result.timings["total"]
+
+
+@pytest.mark.slow
+def test_quick_demo_on_s3_matches_local_and_reruns_cached(tmp_path, s3_bucket, capsys):
+    """``avtta demo --data s3://... --out s3://...``: videos, shards and every result land in the bucket (SeaweedFS),
+    the table is the local run's, and a rerun finds every step done there."""
+    from avtta.cli import main
+    from avtta.shards import storage
+    from avtta.shards.schema import SCHEMA_VERSION
+
+    from avtta.demo import run_demo
+
+    data, out = f"{s3_bucket}/data", f"{s3_bucket}/runs"
+    args = ["demo", "--quick", "--data", data, "--out", out, "--workers", "0", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"{out}/quick: table.md" in printed and "(cached:" not in printed
+    assert storage.exists(f"{data}/quick/videos/dataset.json")
+    assert any(u.endswith(".tar") for u in storage.find(f"{data}/quick/shards-v{SCHEMA_VERSION}"))
+    for name in ("table.md", "heatmap.png", "results.parquet", "results.csv", "demo.json", "source/model.safetensors"):
+        assert storage.size(f"{out}/quick/{name}") > 0, name
+    assert storage.exists(f"{out}/quick/adapt/video/demo_step.json")
+    local = run_demo(out=tmp_path / "runs", data=tmp_path / "data", quick=True, workers=0, progress=False)
+    assert storage.read_text(f"{out}/quick/table.md") == (local.out / "table.md").read_text()
+
+    again = run_demo(out=out, data=data, quick=True, workers=0, progress=False)
+    assert again.cached == ["generate", "shard", "train", "adapt"] and again.out == f"{out}/quick"
+    assert again.table == local.table
