@@ -33,6 +33,7 @@ from avtta.demo import (
     _step_train,
     _write_json,
 )
+from avtta.shards import storage
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def balance_variants(p: DemoProfile) -> dict[str, dict[str, Any]]:
 class BalanceResult:
     """What :func:`run_balance_demo` produced."""
 
-    out: Path
+    out: Path | str  # a Path, or the URL of an s3:// --out
     table: str  # Markdown: clean accuracies per model, then Source/READ/BriMPR per model x corruption
     rows: list[dict[str, Any]]  # adaptation rows; "model" names the source model
     clean: dict[str, dict[str, float]]  # model -> acc_multimodal, acc_audio, acc_video (percent)
@@ -134,11 +135,12 @@ def plot_balance(
         ax.set_title(f"{method}: mean over corruptions")
     axes[0].set_ylim(0, 105)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    if storage.is_local(path):
+        storage.local_path(path).parent.mkdir(parents=True, exist_ok=True)
+    with storage.staged_path(path) as tmp:  # a local temporary renamed, or uploaded whole (s3://)
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    return path
+    return Path(path) if storage.is_local(path) else path  # type: ignore[return-value]
 
 
 def run_balance_demo(
@@ -161,9 +163,10 @@ def run_balance_demo(
     import pyarrow.parquet as pq
 
     p = replace(PROFILES["quick" if quick else "default"], methods=BALANCE_METHODS)
-    data_root = Path(data) / p.data_subdir
-    base_out = Path(out) / p.out_subdir
-    out_dir = base_out / "balance"
+    # local paths or URLs (s3://), through avtta.shards.storage as in avtta.demo
+    data_root = storage.join(data, p.data_subdir) if p.data_subdir else str(data)
+    base_out = storage.join(out, p.out_subdir) if p.out_subdir else str(out)
+    out_dir = storage.join(base_out, "balance")
     workers = _pick_workers(0 if quick and workers is None else workers)
     timings: dict[str, float] = {}
     cached: list[str] = []
@@ -171,7 +174,7 @@ def run_balance_demo(
 
     t0 = time.perf_counter()
     ds, was_cached = _step_generate(p, data_root, workers)
-    catalog = data_root / "shards"
+    catalog = storage.join(data_root, "shards")
     was_cached &= _step_shard(p, ds, catalog, workers, progress)
     timings["data"] = time.perf_counter() - t0
     cached += ["data"] if was_cached else []
@@ -183,7 +186,7 @@ def run_balance_demo(
     for name, options in variants.items():
         t0 = time.perf_counter()
         # plain = the demo's own source model (same folder, same config: trained once for both commands)
-        run = base_out / "source" if not options else out_dir / "models" / name
+        run = storage.join(base_out, "source") if not options else storage.join(out_dir, "models", name)
         checkpoint, clean[name], was_cached = _step_train(p, catalog, run, progress, **options)
         timings[f"train {name}"] = time.perf_counter() - t0
         cached += [f"train {name}"] if was_cached else []
@@ -196,7 +199,9 @@ def run_balance_demo(
             names = getattr(p, protocol)
             if not names:
                 continue
-            got, was_cached = _step_adapt(p, catalog, checkpoint, out_dir / name, protocol, names, progress)
+            got, was_cached = _step_adapt(
+                p, catalog, checkpoint, storage.join(out_dir, name), protocol, names, progress
+            )
             all_cached &= was_cached
             rows += [{**r, "model": name, "corruption": f"{_PREFIX[protocol]}:{r['corruption']}"} for r in got]
         timings[f"adapt {name}"] = time.perf_counter() - t0
@@ -204,14 +209,16 @@ def run_balance_demo(
         log.info("balance: %s adapted (%.1f s%s)", name, timings[f"adapt {name}"], ", cached" if all_cached else "")
 
     table = _tables(variants, clean, rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "table_balance.md").write_text(table + "\n")
-    plot_balance(list(variants), clean, rows, out_dir / "balance.png")
-    pq.write_table(pa.Table.from_pylist(rows), out_dir / "results.parquet")
+    if storage.is_local(out_dir):
+        storage.local_path(out_dir).mkdir(parents=True, exist_ok=True)
+    storage.atomic_write(storage.join(out_dir, "table_balance.md"), table + "\n")
+    plot_balance(list(variants), clean, rows, storage.join(out_dir, "balance.png"))
+    with storage.staged_path(storage.join(out_dir, "results.parquet")) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
     timings["total"] = time.perf_counter() - t_all
     summary = {
         "profile": p.name, "catalog": str(catalog), "variants": variants, "methods": list(BALANCE_METHODS),
         "clean_accuracy": clean, "timings_s": {k: round(v, 1) for k, v in timings.items()}, "cached_steps": cached,
     }  # fmt: skip
-    _write_json(summary, out_dir / "balance.json")
-    return BalanceResult(out_dir, table, rows, clean, timings, cached)
+    _write_json(summary, storage.join(out_dir, "balance.json"))
+    return BalanceResult(Path(out_dir) if storage.is_local(out_dir) else out_dir, table, rows, clean, timings, cached)

@@ -172,10 +172,10 @@ def test_quick_demo_end_to_end_then_cached(tmp_path):
 def test_quick_demo_on_s3_matches_local_and_reruns_cached(tmp_path, s3_bucket, capsys):
     """``avtta demo --data s3://... --out s3://...``: videos, shards and every result land in the bucket (SeaweedFS),
     the table is the local run's, and a rerun finds every step done there."""
-    from avtta.cli import main
     from avtta.shards import storage
     from avtta.shards.schema import SCHEMA_VERSION
 
+    from avtta.cli import main
     from avtta.demo import run_demo
 
     data, out = f"{s3_bucket}/data", f"{s3_bucket}/runs"
