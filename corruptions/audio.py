@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from avtta.shards import storage
 from scipy import signal
 
 from . import synthetic, tables
@@ -32,28 +33,36 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def noise_files(noise_dir: str | Path, category: str) -> list[str]:
-    """Recordings of ``category`` under ``noise_dir``, as paths relative to it (sorted)."""
-    root = Path(noise_dir)
-    folder = root / category
-    if folder.is_dir():
-        files = sorted(f"{category}/{f.name}" for f in folder.iterdir() if f.suffix.lower() in AUDIO_EXTENSIONS)
+    """Recordings of ``category`` under ``noise_dir`` (a folder or a URL such as ``s3://bucket/noises``), as paths
+    relative to it (sorted)."""
+    root = str(noise_dir)
+    folder = storage.join(root, category)
+    if storage.isdir(folder):
+        files = sorted(f"{category}/{n}" for n in storage.listdir(folder) if Path(n).suffix.lower() in AUDIO_EXTENSIONS)
         if files:
             return files
         raise FileNotFoundError(f"noise folder {folder} holds no audio file ({', '.join(AUDIO_EXTENSIONS)})")
+    names = set(storage.listdir(root))
     for ext in AUDIO_EXTENSIONS:
-        if (root / f"{category}{ext}").is_file():
+        if f"{category}{ext}" in names and not storage.isdir(storage.join(root, f"{category}{ext}")):
             return [f"{category}{ext}"]
     raise FileNotFoundError(f"noise_dir {root} has neither a folder {category}/ nor a file {category}.wav")
 
 
 @functools.lru_cache(maxsize=128)  # AVRobustBench's 9 folders hold ~134 files; 10 s at 16 kHz = 0.64 MB each
 def load_noise(path: str, sample_rate: int) -> np.ndarray:
-    """A noise recording as float32 mono at ``sample_rate``: channels averaged, then resampled (torchaudio's default
-    windowed-sinc resampler, as AVRobustBench)."""
+    """A noise recording (a local path or a URL) as float32 mono at ``sample_rate``: channels averaged, then
+    resampled (torchaudio's default windowed-sinc resampler, as AVRobustBench). A remote recording is one GET, then
+    decoded from memory; each process keeps the last 128 it decoded."""
+    import io
+
     import soundfile as sf
 
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        source = path if storage.is_local(path) else io.BytesIO(storage.read_bytes(path))
+        data, rate = sf.read(source, dtype="float32", always_2d=True)
+    except storage.StorageError:
+        raise
     except Exception as err:  # soundfile raises its own error types
         raise ValueError(f"cannot read noise recording {path}: {err}") from err
     mono = data.mean(axis=1)
@@ -87,7 +96,7 @@ def _noise_signal(p: Params, n: int, ctx: Context) -> np.ndarray:
     noise_dir = getattr(ctx.options, "noise_dir", None)
     if noise_dir is None:
         raise ValueError(f"parameters use the recording {p['noise_file']!r} but options.noise_dir is not set")
-    return _tile(load_noise(str(Path(noise_dir) / p["noise_file"]), ctx.sample_rate), n)
+    return _tile(load_noise(storage.join(str(noise_dir), p["noise_file"]), ctx.sample_rate), n)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from avtta.shards import storage
 from PIL import Image
 
 from . import ops, tables
@@ -422,7 +423,8 @@ def _synthetic_person(rng: np.random.Generator) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _crowd_image(path: str) -> np.ndarray:
-    rgba = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    data = storage.read_bytes(path)  # a local path or a URL; one GET, then decoded from memory
+    rgba = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if rgba is None or rgba.ndim != 3 or rgba.shape[2] != 4:
         raise ValueError(f"crowd occluder {path} is not an RGBA image")
     return np.ascontiguousarray(rgba[..., [2, 1, 0, 3]])  # FIX (item 37): BGRA -> RGBA
@@ -432,7 +434,7 @@ def _crowd_files(ctx: Context) -> list[str]:
     folder = getattr(ctx.options, "crowd_image_dir", None)
     if folder is None:
         return []
-    files = sorted(p.name for p in Path(folder).glob("*.png"))
+    files = [n for n in storage.listdir(str(folder)) if n.endswith(".png")]
     if not files:
         raise FileNotFoundError(f"crowd_image_dir {folder} holds no .png occluder")
     return files
@@ -456,7 +458,7 @@ def crowd(img: np.ndarray, p: Params, ctx: Context) -> np.ndarray:
     if p["occluder"] == "synthetic":
         occ = _synthetic_person(np.random.default_rng(p["occluder_seed"]))
     else:
-        occ = _crowd_image(str(Path(ctx.options.crowd_image_dir) / p["occluder"]))
+        occ = _crowd_image(storage.join(str(ctx.options.crowd_image_dir), p["occluder"]))
     oh, ow = int(p["scale"] * h), int(p["scale"] * w)
     # KEEP (item 37): squashed to the frame's aspect ratio, as the reference
     occ = cv2.resize(occ, (ow, oh), interpolation=cv2.INTER_LINEAR).astype(np.float32)

@@ -25,11 +25,13 @@ Layouts:
 * **Plain folders** (``--audio DIR --frames-dir FRAMES --list CSV``): ``DIR/<video_id>.wav``,
   ``FRAMES/frame_K/<video_id>.jpg`` and a CSV with columns ``video_id`` and ``labels`` (or ``label``).
 
-Paths inside JSON lists are often absolute paths of the machine that made them: ``path_map`` rewrites prefixes
-(``OLD=NEW``); relative paths are relative to the list file. Work is split into chunks (one shard per chunk and
-set) that run on Ray through :func:`avtta.pipelines.ray_runner.run_tasks`, with durable per-chunk parts, so a killed
-import resumes. This module is only the import's policy (which entries a set has, how one entry becomes a sample);
-parts, fingerprints, resume checks, failure rows and set tables are :mod:`.setjob`'s.
+Every input (the lists, their WAVs and frames, the plain layout's folders, the label CSV) and the output may be a URL
+(``s3://bucket/prefix``, through :mod:`avtta.shards.storage`); an entry's WAV and frames are fetched in one concurrent
+batch. Paths inside JSON lists are often absolute paths of the machine that made them: ``path_map`` rewrites prefixes
+(``OLD=NEW``, e.g. ``/data/ks50c=s3://bucket/ks50c``); relative paths are relative to the list file. Work is split into
+chunks (one shard per chunk and set) that run on Ray through :func:`avtta.pipelines.ray_runner.run_tasks`, with durable
+per-chunk parts, so a killed import resumes. This module is only the import's policy (which entries a set has, how one
+entry becomes a sample); parts, fingerprints, resume checks, failure rows and set tables are :mod:`.setjob`'s.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ import hashlib
 import io
 import json
 import logging
+import os
+import posixpath
 import re
 import time
 from collections.abc import Sequence
@@ -107,9 +111,37 @@ class ImportEntry:
     origin: str
     error: str = ""
 
-    def frame_path(self, k: int) -> Path:
-        """The reference's ``video_path + '/frame_' + k + '/' + video_id + '.jpg'``."""
-        return Path(self.video_path) / f"frame_{k}" / f"{self.video_id}.jpg"
+    def frame_path(self, k: int) -> str:
+        """The reference's ``video_path + '/frame_' + k + '/' + video_id + '.jpg'`` (a path or a URL)."""
+        return _child(self.video_path, f"frame_{k}", f"{self.video_id}.jpg")
+
+
+def _child(base: str | Path, *names: str) -> str:
+    """``base/names...``: a normalised local path (as ``Path`` joins it) or a URL below ``base``."""
+    if storage.is_local(base):
+        return str(Path(base).joinpath(*names))
+    scheme, _, rest = str(base).partition("://")
+    return f"{scheme}://{posixpath.normpath(posixpath.join(rest, *names))}"
+
+
+def _norm(url: str | Path) -> str:
+    """A local path as ``Path`` writes it (``file://`` dropped), a URL as it is."""
+    return str(storage.local_path(url)) if storage.is_local(url) else os.fspath(url)
+
+
+def _relative(url: str, root: str) -> str:
+    """The path of ``url`` below ``root`` (both local paths, or both URLs)."""
+    if storage.is_local(url):
+        return os.path.relpath(url, root)
+    return posixpath.relpath(url.split("://", 1)[1], root.split("://", 1)[1].rstrip("/"))
+
+
+def _parent(url: str) -> str:
+    return str(Path(url).parent) if storage.is_local(url) else posixpath.dirname(url.rstrip("/"))
+
+
+def _name(url: str) -> str:
+    return Path(url).name if storage.is_local(url) else posixpath.basename(url.rstrip("/"))
 
 
 class LabelIndex(manifests.LabelIndex):
@@ -126,13 +158,17 @@ class LabelIndex(manifests.LabelIndex):
             raise ImportFailure(str(err)) from None
 
 
-def _rebase(text: str, path_map: Sequence[tuple[str, str]], base: Path) -> str:
+def _rebase(text: str, path_map: Sequence[tuple[str, str]], base: str) -> str:
+    """A path of a list, after the first matching ``OLD=NEW`` rewrite; relative paths are relative to ``base`` (the
+    list's folder, or its URL's prefix). A URL stays as it is."""
     for old, new in path_map:
         if text.startswith(old):
             text = new + text[len(old) :]
             break
-    p = Path(text)
-    return str(p if p.is_absolute() else base / p)
+    if not storage.is_local(text):
+        return _child(text)  # normalised as a local path is (no "//", "./" or trailing "/")
+    p = storage.local_path(text)
+    return str(p) if p.is_absolute() else _child(base, str(p))
 
 
 def parse_path_map(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -149,22 +185,24 @@ def parse_path_map(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
 
 
 def read_json_list(path: str | Path, *, path_map: Sequence[tuple[str, str]] = ()) -> list[ImportEntry]:
-    """Read a reference JSON list ``{"data": [{"wav", "labels", "video_id", "video_path"}, ...]}``.
+    """Read a reference JSON list ``{"data": [{"wav", "labels", "video_id", "video_path"}, ...]}`` (a path or URL).
 
     Malformed entries are kept with ``error`` set (they become failure rows); a file that is not such a list at
     all raises ``ValueError``.
     """
-    path = Path(path)
+    path = os.fspath(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(storage.read_text(path))
+    except storage.StorageError:
+        raise
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable JSON list ({err})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise ValueError(f'{path}: expected a JSON object {{"data": [...]}} as the reference lists are')
-    base = path.parent
+    base = _parent(path)
     out = []
     for i, item in enumerate(doc["data"]):
-        origin = f"{path.name}#{i}"
+        origin = f"{_name(path)}#{i}"
         if not isinstance(item, dict):
             out.append(ImportEntry("", "", "", None, origin, f"entry {i} is not an object"))
             continue
@@ -262,40 +300,44 @@ def discover_json_sets(
     """The sets of a READ/BriMPR JSON root, or the one set of a single JSON list.
 
     Args:
-        path: a JSON root folder or one ``.json`` list.
+        path: a JSON root folder or one ``.json`` list (a local path or a URL: ``s3://bucket/k50c``).
         split: split of the test lists (``clean/train.json`` always gives split ``train``).
         corruption: for a single list: its set (default: inferred from its place in a root, else clean).
         path_map: prefix rewrites for the paths inside the lists.
         include_both: also import ``both/`` lists (as ``av`` sets named ``<video>+<audio>``).
     """
-    path = Path(path)
-    if not path.exists():
+    path = _norm(path)
+    if not storage.exists(path):
         raise FileNotFoundError(f"--json {path} does not exist")
     sets: list[ImportSet] = []
-    if path.is_file():
+    if not storage.isdir(path):
         if corruption is not None:
             modality, name, sev = parse_corruption(corruption)
             ident = (split, modality, name, sev)
         else:
+            parts = Path(path).parts  # of a URL too: its last components are the folders of a reference root
             ident = (
-                _spec_from_layout(Path(*path.parts[-3:]), split)
-                or _spec_from_layout(Path(*path.parts[-2:]), split)
+                _spec_from_layout(Path(*parts[-3:]), split)
+                or _spec_from_layout(Path(*parts[-2:]), split)
                 or (split, "clean", "clean", 0)
             )
-        sets.append(ImportSet(*ident, tuple(read_json_list(path, path_map=path_map)), str(path)))
+        sets.append(ImportSet(*ident, tuple(read_json_list(path, path_map=path_map)), path))
         return sets
     if corruption is not None:
         raise ValueError("--corruption applies to a single JSON list or plain folders, not to a JSON root")
     skipped = []
-    for file in sorted(path.rglob("*.json")):
-        ident = _spec_from_layout(file.relative_to(path), split)
+    for file in sorted(storage.find(path), key=lambda f: Path(_relative(f, path)).parts):
+        rel = Path(_relative(file, path))
+        if rel.suffix != ".json":
+            continue
+        ident = _spec_from_layout(rel, split)
         if ident is None:
-            skipped.append(str(file.relative_to(path)))
+            skipped.append(str(rel))
             continue
         if ident[1] == "av" and not include_both:
             log.info("skipping %s: 'both' samples are the join of the video and audio sets", file)
             continue
-        sets.append(ImportSet(*ident, tuple(read_json_list(file, path_map=path_map)), str(file)))
+        sets.append(ImportSet(*ident, tuple(read_json_list(file, path_map=path_map)), file))
     if skipped:
         log.warning("ignored %d JSON files outside the reference layout: %s", len(skipped), ", ".join(skipped[:5]))
     if not sets:
@@ -314,12 +356,17 @@ def plain_set(
     split: str = "test",
     corruption: str = "clean",
 ) -> ImportSet:
-    """A set from plain folders: ``AUDIO/<id>.wav``, ``FRAMES/frame_K/<id>.jpg`` and a CSV ``video_id,labels``."""
-    audio_dir, frames_dir, list_csv = Path(audio_dir), Path(frames_dir), Path(list_csv)
+    """A set from plain folders: ``AUDIO/<id>.wav``, ``FRAMES/frame_K/<id>.jpg`` and a CSV ``video_id,labels``.
+
+    Each may be a local path or a URL (``s3://bucket/k50/audio``); a remote "folder" is a prefix with objects.
+    """
+    audio_dir, frames_dir, list_csv = (_norm(p) for p in (audio_dir, frames_dir, list_csv))
     for p, what in ((audio_dir, "--audio"), (frames_dir, "--frames-dir")):
-        if not p.is_dir():
+        if not storage.isdir(p):
             raise FileNotFoundError(f"{what} {p} is not a folder")
-    with open(list_csv, newline="", encoding="utf-8-sig") as fh:
+    if not storage.exists(list_csv):
+        raise FileNotFoundError(f"--list {list_csv} does not exist")
+    with storage.open_read(list_csv, "r", newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
         label_col = "labels" if "labels" in cols else "label" if "label" in cols else None
@@ -328,15 +375,15 @@ def plain_set(
         entries = []
         for i, row in enumerate(reader):
             vid = (row["video_id"] or "").strip()
-            origin = f"{list_csv.name}#{i}"
+            origin = f"{_name(list_csv)}#{i}"
             if not vid:
                 entries.append(ImportEntry("", "", "", None, origin, "empty video_id"))
                 continue
             entries.append(
-                ImportEntry(vid, str(audio_dir / f"{vid}.wav"), str(frames_dir), row[label_col] or None, origin)
+                ImportEntry(vid, _child(audio_dir, f"{vid}.wav"), frames_dir, row[label_col] or None, origin)
             )
     modality, name, sev = parse_corruption(corruption)
-    return ImportSet(split, modality, name, sev, tuple(entries), str(list_csv))
+    return ImportSet(split, modality, name, sev, tuple(entries), list_csv)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -351,32 +398,42 @@ class ImportedSample:
     record: SampleRecord
 
 
-def _read_wav(path: str) -> tuple[np.ndarray, int, dict[str, Any]]:
+_MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+def _read_wav(path: str, data: bytes | BaseException) -> tuple[np.ndarray, int, dict[str, Any]]:
+    """Decode the WAV ``data`` read from ``path`` (or the error reading it gave)."""
     import soundfile as sf
 
-    p = Path(path)
-    if not p.is_file():
+    if isinstance(data, _MISSING):
         raise ImportFailure(f"missing wav: {path}")
+    if isinstance(data, BaseException):
+        raise data
+    buffer = io.BytesIO(data)
     try:
-        info = sf.info(path)
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        info = sf.info(buffer)
+        buffer.seek(0)
+        samples, sr = sf.read(buffer, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
-        raise ImportFailure(f"unreadable wav: {path}: {err}") from None
-    if data.shape[0] == 0:
+        # libsndfile names what it opened: the file, not the buffer's address (failure rows are deterministic)
+        raise ImportFailure(f"unreadable wav: {path}: {str(err).replace(repr(buffer), repr(path))}") from None
+    if samples.shape[0] == 0:
         raise ImportFailure(f"empty wav (0 samples): {path}")
-    if not np.all(np.isfinite(data)):
+    if not np.all(np.isfinite(samples)):
         raise ImportFailure(f"wav has NaN or infinite samples: {path}")
-    meta = {"channels": int(data.shape[1]), "subtype": info.subtype, "format": info.format}
+    meta = {"channels": int(samples.shape[1]), "subtype": info.subtype, "format": info.format}
     # The loader feeds channel 0 to the fbank (channel=-1 -> 0); mono in every reference list.
-    return np.ascontiguousarray(data[:, 0]), int(sr), meta
+    return np.ascontiguousarray(samples[:, 0]), int(sr), meta
 
 
-def _read_frame(path: Path) -> tuple[bytes, tuple[int, int]]:
+def _read_frame(path: str, data: bytes | BaseException) -> tuple[bytes, tuple[int, int]]:
+    """Check the JPEG ``data`` read from ``path`` (or the error reading it gave); return it and its size."""
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
+    if isinstance(data, _MISSING):
         raise ImportFailure(f"missing frame: {path}")
-    data = path.read_bytes()
+    if isinstance(data, BaseException):
+        raise data
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, mode, size = img.format, img.mode, img.size
@@ -421,10 +478,13 @@ def import_sample(
         key = key or sanitize_key(entry.video_id)
     except ValueError as err:
         raise ImportFailure(str(err)) from None
-    wav, sr, wav_meta = _read_wav(entry.wav)
+    frame_paths = [entry.frame_path(k) for k in frame_ids]
+    # the WAV and every frame in one call: concurrent GETs from an object store, plain reads locally
+    blobs = storage.read_many([entry.wav, *frame_paths])
+    wav, sr, wav_meta = _read_wav(entry.wav, blobs[0])
     jpegs, sizes = [], []
-    for k in frame_ids:
-        data, size = _read_frame(entry.frame_path(k))
+    for path, blob in zip(frame_paths, blobs[1:], strict=True):
+        data, size = _read_frame(path, blob)
         jpegs.append(data)
         sizes.append(list(size))
     try:

@@ -235,6 +235,9 @@ def plan_job(
     """List inputs, resolve corruption specs and split the work into chunk tasks."""
     cfg.validate()
     specs = parse_specs(list(cfg.corrupt) or ["none"])
+    for value, flag in ((cfg.noise_dir, "--noise-dir"), (cfg.crowd_image_dir, "--crowd-image-dir")):
+        if value and not storage.isdir(value):  # a folder, or an object-store prefix holding objects
+            raise FileNotFoundError(f"{flag} {value} is not a folder")
     clips, classes = list_inputs(cfg.videos, cfg.labels)
     options = asdict(cfg.options)
     for name in ("noise_dir", "crowd_image_dir"):

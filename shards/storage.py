@@ -46,6 +46,7 @@ __all__ = [
     "local_path",
     "open_read",
     "read_bytes",
+    "read_many",
     "read_ranges",
     "read_text",
     "remove",
@@ -329,6 +330,42 @@ def open_read(url: str | os.PathLike, mode: str = "rb", **kwargs: Any) -> Iterat
 def read_bytes(url: str | os.PathLike) -> bytes:
     """The whole content of ``url``."""
     return _either(url, Path.read_bytes, lambda fs, path: fs.cat_file(path))
+
+
+def read_many(urls: Sequence[str | os.PathLike]) -> list[bytes | OSError]:
+    """The whole content of each of ``urls``, or, for one that does not exist, the ``FileNotFoundError`` (returned,
+    not raised, so that one missing file among many is the caller's to report).
+
+    Local files are read one by one; remote ones with one concurrent batch of GETs per filesystem (fsspec ``cat``).
+    A storage fault (access denied, unreachable endpoint, ...) raises :class:`StorageError`.
+    """
+    out: list[bytes | OSError | None] = [None] * len(urls)
+    remote: dict[int, list[tuple[int, str, str]]] = {}
+    filesystems: dict[int, Any] = {}
+    for i, url in enumerate(urls):
+        text = _text(url)
+        if is_local(text):
+            try:
+                out[i] = local_path(text).read_bytes()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
+                out[i] = err
+            continue
+        fs, path = resolve(text)
+        filesystems[id(fs)] = fs
+        remote.setdefault(id(fs), []).append((i, text, path))
+    for key, items in remote.items():
+        with _remote_errors(items[0][1]):
+            got = filesystems[key].cat([path for _, _, path in items], on_error="return")
+        for i, text, path in items:
+            blob = got[path]
+            if isinstance(blob, BaseException):
+                if isinstance(blob, FileNotFoundError) and _explain(text, blob) is None:
+                    out[i] = FileNotFoundError(f"{text}: no such file")
+                    continue
+                with _remote_errors(text):
+                    raise blob
+            out[i] = bytes(blob)
+    return out  # type: ignore[return-value]
 
 
 def read_text(url: str | os.PathLike, encoding: str = "utf-8") -> str:

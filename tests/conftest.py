@@ -435,3 +435,17 @@ def s3_bucket(s3_server, monkeypatch) -> str:
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
     return s3_server.prefix()
+
+
+@pytest.fixture(scope="session")
+def s3_upload():
+    """A function ``(local folder, url)`` copying every file of the folder below ``url`` (one object each)."""
+
+    def upload(root: Path, url: str) -> None:
+        from avtta.shards import storage
+
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                storage.upload(p, storage.join(url, p.relative_to(root).as_posix()))
+
+    return upload

@@ -543,3 +543,79 @@ def test_import_to_s3_gives_the_local_bytes(imported, s3_bucket):
     remote = {u[len(url) + 1 :]: hashlib.sha256(storage.read_bytes(u)).hexdigest() for u in storage.find(url)}
     local = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
     assert remote == local and len(remote) > 20
+
+
+def _without_places(raw: dict, *places: tuple[str, str]) -> dict:
+    """A raw shard sample with the input paths in its metadata written as the local import wrote them."""
+    meta = raw["json"].decode()
+    for remote, local in places:
+        meta = meta.replace(remote, local)
+    return {k: v for k, v in raw.items() if k != "__url__"} | {"json": meta}
+
+
+def test_import_reads_lists_frames_and_wavs_from_s3(kinetics_tree, imported, s3_bucket, s3_upload, tmp_path):
+    """`avtta import --json s3://...` with the lists' paths mapped onto the bucket: every set, sample and failure
+    of the local import, the same fbanks and JPEG bytes, the failure rows naming the objects."""
+    from avtta.shards import storage
+
+    local_out, local_summary, cfg = imported
+    tree = storage.join(s3_bucket, "ks50c")
+    s3_upload(kinetics_tree, tree)
+    out = tmp_path / "from_s3"
+    summary = run_import(
+        dataclasses.replace(
+            cfg,
+            out=str(out),
+            json=(storage.join(tree, "json"),),
+            labels=storage.join(tree, "class_labels_indices_ks50.csv"),
+            path_map=(f"{kinetics_tree}={tree}",),
+        )
+    )
+    assert [(s.spec, s.samples, s.failures) for s in summary.sets] == [
+        (s.spec, s.samples, s.failures) for s in local_summary.sets
+    ]
+    places = ((tree, str(kinetics_tree)),)
+    for info in summary.sets:
+        remote, local = read_shard_set(out, info.path), read_shard_set(local_out, info.path)
+        assert remote.keys() == local.keys() and remote, info.spec
+        for key in remote:
+            assert _without_places(remote[key], *places) == _without_places(local[key]), (info.spec, key)
+        fails = failures(out, info.path)
+        for vid, reason in EXPECTED_FAILURES[info.spec].items():
+            assert fails[vid].startswith(reason), (info.spec, fails[vid])
+            if reason.startswith(("missing", "unreadable")):
+                assert f"{tree}/" in fails[vid]  # the row names the object, not a local path
+    # a JSON list on the store whose relative paths resolve against the list's own prefix
+    lst = storage.join(tree, "relative", "clean.json")
+    entries = [{"video_id": v, "wav": f"../audio/{v}.wav", "video_path": "../frames", "labels": "x"} for v in IDS]
+    storage.atomic_write(lst, json.dumps({"data": entries}))
+    [relative] = discover_json_sets(lst)
+    assert relative.entries[0].wav == storage.join(tree, "audio", f"{IDS[0]}.wav")
+    assert relative.entries[0].frame_path(5) == storage.join(tree, "frames", "frame_5", f"{IDS[0]}.jpg")
+
+
+def test_plain_layout_from_s3_with_the_cli(kinetics_tree, s3_bucket, s3_upload, tmp_path):
+    """The plain layout (`--audio`, `--frames-dir`, `--list` as URLs) through the CLI, out to the store as well."""
+    from avtta.shards import storage
+
+    from avtta.cli import main
+
+    tree = storage.join(s3_bucket, "plain")
+    s3_upload(kinetics_tree / "audio", storage.join(tree, "audio"))
+    s3_upload(kinetics_tree / "frames", storage.join(tree, "frames"))
+    listing = "video_id,label\n" + "".join(f"{v},{CLASSES[i % 3]}\n" for i, v in enumerate(IDS)) + "ghost,abseiling\n"
+    storage.atomic_write(storage.join(tree, "labels.csv"), listing)
+    out = storage.join(s3_bucket, "plain-out")
+    args = ["import", "--audio", storage.join(tree, "audio"), "--frames-dir", storage.join(tree, "frames")]
+    labels = str(kinetics_tree / "class_labels_indices_ks50.csv")
+    args += ["--list", storage.join(tree, "labels.csv"), "--labels", labels]
+    args += ["--out", out, "--dataset", "ks50", "--frames", "5", "--workers", "0", "--no-progress"]
+    assert main(args) == 0
+    info = json.loads(storage.read_text(storage.join(out, "ks50", "test", "clean", "set.json")))
+    assert (info["samples"], info["failures"]) == (len(IDS), 1)
+    rows = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, info["path"], "failures.parquet"))))
+    rows = rows.to_pylist()
+    assert [r["reason"] for r in rows] == [f"missing wav: {storage.join(tree, 'audio', 'ghost.wav')}"]
+    # a folder that is not on the store: one clear line (exit 2) naming it
+    missing = ["import", "--audio", storage.join(tree, "nothing"), *args[3:]]
+    assert main(missing) == 2

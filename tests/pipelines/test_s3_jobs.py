@@ -4,6 +4,7 @@ commit protocol under concurrency and faults, credentials kept out of every outp
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -34,12 +35,6 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def upload_tree(root: Path, url: str) -> None:
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            storage.upload(p, storage.join(url, str(p.relative_to(root))))
-
-
 def job(videos, out, **kw) -> ShardJobConfig:
     opts = dict(dataset="toy", split="test", corrupt=SPECS, frames=4, shard_size=4, seed=7, progress=False)
     return ShardJobConfig(videos=str(videos), out=str(out), **{**opts, **kw})
@@ -53,9 +48,9 @@ def local_run(small_videos, tmp_path_factory) -> dict[str, str]:
     return local_digests(out)
 
 
-def test_shard_from_and_to_s3_equals_local(small_videos, s3_bucket, local_run):
+def test_shard_from_and_to_s3_equals_local(small_videos, s3_bucket, local_run, s3_upload):
     videos = storage.join(s3_bucket, "videos")
-    upload_tree(small_videos, videos)
+    s3_upload(small_videos, videos)
     out = storage.join(s3_bucket, "run")
     summary = run_shard_job(job(videos, out, workers=0))
     assert summary.ok == 6 and summary.failed == 0
@@ -122,10 +117,10 @@ def test_catalog_rebuilds_at_once_lose_no_set(s3_bucket, monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_jobs_at_once_under_one_root(small_videos, s3_bucket, tmp_path):
+def test_two_jobs_at_once_under_one_root(small_videos, s3_bucket, tmp_path, s3_upload):
     """Two `avtta shard` processes write different sets under one S3 root at the same time; the catalog has both."""
     videos = storage.join(s3_bucket, "videos")
-    upload_tree(small_videos, videos)
+    s3_upload(small_videos, videos)
     out = storage.join(s3_bucket, "shared")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     procs = [
@@ -244,7 +239,7 @@ def test_server_stopped_midway_then_rerun(small_videos, own_s3_server, tmp_path)
 
 
 @pytest.mark.slow
-def test_two_node_cluster_without_shared_folder_to_s3(small_videos, s3_bucket, local_run):
+def test_two_node_cluster_without_shared_folder_to_s3(small_videos, s3_bucket, local_run, s3_upload):
     """`avtta shard --ray-address` on 2 nodes with their own temp dirs, videos and output on S3: the local bytes.
 
     The nodes have the credentials in their environment (each node's standard place) but no endpoint: it comes from
@@ -253,7 +248,7 @@ def test_two_node_cluster_without_shared_folder_to_s3(small_videos, s3_bucket, l
     from tests.conftest import RayCluster
 
     videos = storage.join(s3_bucket, "videos")
-    upload_tree(small_videos, videos)
+    s3_upload(small_videos, videos)
     endpoint = os.environ.pop("AVTTA_S3_ENDPOINT")  # s3_bucket's monkeypatch restores it
     cluster = RayCluster(port=int(os.environ.get("AVTTA_TEST_RAY_PORT", "6390")) + 7)
     try:
@@ -268,12 +263,12 @@ def test_two_node_cluster_without_shared_folder_to_s3(small_videos, s3_bucket, l
     assert bucket_digests(out) == local_run
 
 
-def test_video_inputs_from_s3_prefix_and_url_list(small_videos, s3_bucket):
+def test_video_inputs_from_s3_prefix_and_url_list(small_videos, s3_bucket, s3_upload):
     """--videos s3://prefix/ and a CSV list on S3 (relative paths and full URLs) give the local input's clips."""
     from avtta.pipelines.inputs import list_inputs
 
     videos = storage.join(s3_bucket, "in", "videos")
-    upload_tree(small_videos, videos)
+    s3_upload(small_videos, videos)
     local, local_classes = list_inputs(small_videos)
     remote, remote_classes = list_inputs(videos + "/")
     assert remote_classes == local_classes
@@ -302,3 +297,46 @@ def test_contact_sheet_from_and_to_s3(small_videos, s3_bucket, tmp_path):
     contact_sheet(video, tmp_path / "grid.png", cell=32)
     contact_sheet(remote_video, storage.join(s3_bucket, "grid.png"), cell=32)
     assert storage.read_bytes(storage.join(s3_bucket, "grid.png")) == (tmp_path / "grid.png").read_bytes()
+
+
+def test_noise_and_occluders_from_s3_give_the_local_bytes(small_videos, fixtures_dir, s3_bucket, s3_upload, tmp_path):
+    """`--noise-dir s3://...` and `--crowd-image-dir s3://...` (a folder per category, a single file, RGBA PNGs):
+    the shards equal those of the same job reading the folders from local disk."""
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    noises = tmp_path / "noises"
+    for name in ("wind", "crowd_speech"):
+        shutil.copytree(fixtures_dir / "noise" / name, noises / name)
+    shutil.copy(next((fixtures_dir / "noise" / "rain").glob("*.wav")), noises / "traffic.wav")
+    occluders = tmp_path / "occluders"
+    occluders.mkdir()
+    for i in range(2):
+        rgba = np.zeros((90, 40, 4), np.uint8)
+        rgba[..., i] = rgba[..., 3] = 255
+        cv2.imwrite(str(occluders / f"person{i}.png"), rgba)
+    (occluders / "notes.txt").write_text("not an occluder")
+    specs = ("audio:wind@3", "audio:traffic@2", "av:crowd@4")
+    local = tmp_path / "local"
+    opts = dict(corrupt=specs, workers=0)
+    run_shard_job(job(small_videos, local, noise_dir=str(noises), crowd_image_dir=str(occluders), **opts))
+    s3_upload(noises, storage.join(s3_bucket, "noises"))
+    s3_upload(occluders, storage.join(s3_bucket, "occluders"))
+    remote = tmp_path / "remote"
+    urls = dict(noise_dir=storage.join(s3_bucket, "noises"), crowd_image_dir=storage.join(s3_bucket, "occluders"))
+    summary = run_shard_job(job(small_videos, remote, **urls, **opts))
+    assert (summary.ok, summary.failed, len(summary.sets)) == (6, 0, len(specs))
+
+    def tars(root: Path) -> dict[str, str]:
+        return {k: v for k, v in local_digests(root).items() if k.endswith(".tar")}
+
+    assert tars(remote) == tars(local) and len(tars(local)) == 2 * len(specs)
+    wind = pq.read_table(remote / "toy/test/audio/wind/severity_3/samples.parquet").to_pylist()
+    assert {json.loads(r["params"])["audio"]["noise_file"] for r in wind} == {"wind/5-217186-A-16.wav"}
+    rows = pq.read_table(remote / "toy/test/av/crowd/severity_4/samples.parquet").to_pylist()
+    assert {json.loads(r["params"])["video"]["frames"][0]["occluder"] for r in rows} <= {"person0.png", "person1.png"}
+    # a noise folder the store does not have: a clear error naming it
+    with pytest.raises(FileNotFoundError, match="--noise-dir s3://.*/nothing is not a folder"):
+        run_shard_job(job(small_videos, tmp_path / "x", noise_dir=storage.join(s3_bucket, "nothing"), **opts))
