@@ -51,7 +51,6 @@ __all__ = [
     "coalesce",
     "is_remote",
     "open_stream",
-    "remote_errors",
 ]
 
 
@@ -119,12 +118,12 @@ class RangeFetcher:
         fs, _ = storage.resolve(spans[0][0])
         paths = [storage.resolve(p)[1] for p, _, _, _ in spans]
         self.requests += len(spans)
-        with remote_errors(spans[0][0]):
+        with storage.remote_errors(spans[0][0]):
             got = fs.cat_ranges(paths, [s for _, s, _, _ in spans], [e for _, _, e, _ in spans], on_error="return")
         out: list[memoryview | None] = [None] * len(requests)
         for (url, start, _, members), data in zip(spans, got, strict=True):
             if isinstance(data, BaseException):
-                with remote_errors(url):
+                with storage.remote_errors(url):
                     raise data
             view = memoryview(data)
             for j in members:
@@ -137,11 +136,6 @@ class RangeFetcher:
                     )
                 out[j] = part
         return out  # type: ignore[return-value]
-
-
-def remote_errors(url: str) -> contextlib.AbstractContextManager[None]:
-    """The storage layer's one clear error naming ``url`` (access denied, no such bucket or object, unreachable)."""
-    return storage._remote_errors(url)  # noqa: SLF001 - the storage layer's own translation
 
 
 class ShardCache:
@@ -228,5 +222,5 @@ def open_stream(path: str, config: FetchConfig | None = None, cache: ShardCache 
         return open(copy, "rb")  # noqa: SIM115
     config = config or FetchConfig()
     fs, rpath = storage.resolve(path)
-    with remote_errors(path):
+    with storage.remote_errors(path):
         return fs.open(rpath, "rb", block_size=config.block_size, cache_type="readahead")

@@ -36,9 +36,10 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from .fetch import FetchConfig, ShardCache, open_stream, remote_errors
+from .fetch import FetchConfig, ShardCache, open_stream
 from .loader import Loader, ReaderConfig, load_image, resolve_pin_memory
 from .schema import FBANK_FIELD, FRAME_FIELD, LABEL_FIELD, META_FIELD, decode_npy
+from .storage import remote_errors
 from .transforms import fill_fbank, fill_image, fixed_frame_index, frame_index, load_fbank
 
 MAX_STREAMS = 8  # sample streams per shard set: the parallelism available to DataLoader workers

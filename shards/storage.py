@@ -49,6 +49,7 @@ __all__ = [
     "read_many",
     "read_ranges",
     "read_text",
+    "remote_errors",
     "remove",
     "resolve",
     "set_endpoint",
@@ -212,7 +213,9 @@ def _explain(url: str, err: BaseException) -> StorageError | None:
 
 
 @contextlib.contextmanager
-def _remote_errors(url: str) -> Iterator[None]:
+def remote_errors(url: str) -> Iterator[None]:
+    """Turn a failed remote operation on ``url`` into the one clear error naming it: :class:`StorageError` (access
+    denied, no such bucket, unreachable endpoint) or ``FileNotFoundError``; other errors pass unchanged."""
     try:
         yield
     except StorageError:
@@ -235,7 +238,7 @@ def _either(url: str | os.PathLike, local: Callable[[Path], Any], remote: Callab
     if is_local(text):
         return local(local_path(text))
     fs, path = resolve(text)
-    with _remote_errors(text):
+    with remote_errors(text):
         return remote(fs, path)
 
 
@@ -261,7 +264,7 @@ def listdir(url: str | os.PathLike) -> list[str]:
         p = local_path(text)
         return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
     fs, path = resolve(text)
-    with _remote_errors(text):
+    with remote_errors(text):
         try:
             entries = fs.ls(path, detail=False)
         except FileNotFoundError:
@@ -296,7 +299,7 @@ def state(url: str | os.PathLike, name: str | None = None) -> dict[str, tuple[in
             out[os.path.join(text, str(p.relative_to(root)))] = (st.st_size, str(st.st_mtime_ns))
         return out
     fs, path = resolve(text)
-    with _remote_errors(text):
+    with remote_errors(text):
         try:
             found = fs.find(path, detail=True)
         except FileNotFoundError:
@@ -320,10 +323,10 @@ def open_read(url: str | os.PathLike, mode: str = "rb", **kwargs: Any) -> Iterat
             yield fh
         return
     fs, path = resolve(text)
-    with _remote_errors(text):
+    with remote_errors(text):
         fh = fs.open(path, mode, **kwargs)
     with fh:
-        with _remote_errors(text):
+        with remote_errors(text):
             yield fh
 
 
@@ -354,7 +357,7 @@ def read_many(urls: Sequence[str | os.PathLike]) -> list[bytes | OSError]:
         filesystems[id(fs)] = fs
         remote.setdefault(id(fs), []).append((i, text, path))
     for key, items in remote.items():
-        with _remote_errors(items[0][1]):
+        with remote_errors(items[0][1]):
             got = filesystems[key].cat([path for _, _, path in items], on_error="return")
         for i, text, path in items:
             blob = got[path]
@@ -362,7 +365,7 @@ def read_many(urls: Sequence[str | os.PathLike]) -> list[bytes | OSError]:
                 if isinstance(blob, FileNotFoundError) and _explain(text, blob) is None:
                     out[i] = FileNotFoundError(f"{text}: no such file")
                     continue
-                with _remote_errors(text):
+                with remote_errors(text):
                     raise blob
             out[i] = bytes(blob)
     return out  # type: ignore[return-value]
@@ -399,7 +402,7 @@ def read_ranges(url: str | os.PathLike, ranges: Sequence[tuple[int, int]], *, ma
         else:
             runs.append([start, end, i])
     fs, path = resolve(text)
-    with _remote_errors(text):
+    with remote_errors(text):
         blobs = fs.cat_ranges([path] * len(runs), [r[0] for r in runs], [r[1] for r in runs], on_error="raise")
     out: list[bytes] = [b""] * len(ranges)
     for run, blob in zip(runs, blobs, strict=True):
@@ -413,7 +416,7 @@ def upload(local: str | os.PathLike, url: str | os.PathLike) -> None:
     """Copy the local file ``local`` to the remote ``url`` as one object (visible only once complete)."""
     text = _text(url)
     fs, path = resolve(text)
-    with _remote_errors(text):
+    with remote_errors(text):
         fs.put_file(os.fspath(local), path)
 
 
@@ -457,7 +460,7 @@ def atomic_write(url: str | os.PathLike, data: bytes | str | Callable[[IO], None
         data = buf.getvalue()
     payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     fs, path = resolve(target)
-    with _remote_errors(target):
+    with remote_errors(target):
         fs.pipe_file(path, payload)
     return target
 
@@ -469,7 +472,7 @@ def remove(url: str | os.PathLike, *, missing_ok: bool = True) -> None:
         local_path(text).unlink(missing_ok=missing_ok)
         return
     fs, path = resolve(text)
-    with _remote_errors(text):
+    with remote_errors(text):
         try:
             fs.rm_file(path)
         except FileNotFoundError:
@@ -491,7 +494,7 @@ def local_copy(url: str | os.PathLike) -> Iterator[Path]:
     folder = tempfile.mkdtemp(prefix="avtta-copy-")
     try:
         dst = Path(folder) / posixpath.basename(path)
-        with _remote_errors(text):
+        with remote_errors(text):
             fs.get_file(path, str(dst))
         yield dst
     finally:
