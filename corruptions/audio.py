@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 from avtta.shards import storage
-from scipy import signal
 
 from . import synthetic, tables
 from .registry import AUDIO, AudioOp, AudioSampler, Context, Params, new_seed
@@ -222,6 +221,8 @@ def _sample_lowpass(rng: np.random.Generator, severity: int, n: int, ctx: Contex
 
 
 def av_lowpass(x: np.ndarray, p: Params, ctx: Context) -> np.ndarray:
+    from scipy import signal  # here, not at the top: scipy.signal costs 0.5 s to import in every Ray worker
+
     b, a = signal.butter(tables.LOWPASS_ORDER, p["cutoff_hz"] / (ctx.sample_rate / 2), btype="low")
     return signal.lfilter(b, a, x.astype(np.float64)).astype(np.float32)  # causal, one pass, as the reference
 

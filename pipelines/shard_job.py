@@ -24,7 +24,7 @@ import numpy as np
 from avtta.corruptions import CorruptionOptions, CorruptionSpec, apply_corruption, corrupts, parse_specs
 from avtta.manifests import ShardSetInfo, set_relpath, write_catalog
 from avtta.shards import storage
-from avtta.shards.loader import decode_rgb, encode_jpeg
+from avtta.shards.loader import decode_rgb_array, encode_jpeg
 from avtta.shards.schema import JPEG_QUALITY_CLEAN, JPEG_QUALITY_CORRUPTED, SCHEMA_VERSION, SampleRecord
 
 from . import setjob
@@ -176,7 +176,7 @@ class _ClipSamples:
     def stored_frames(self) -> np.ndarray:
         """uint8 [N, H, W, 3]: the frames a reader of the clean set decodes (what corruptions act on)."""
         if self._stored_frames is None:
-            self._stored_frames = np.stack([decode_rgb(j).permute(1, 2, 0).numpy() for j in self.clean_jpegs()])
+            self._stored_frames = np.stack([decode_rgb_array(j) for j in self.clean_jpegs()])
         return self._stored_frames
 
     def sample(self, spec: CorruptionSpec) -> tuple[SampleRecord, Any]:

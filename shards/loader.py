@@ -9,6 +9,7 @@ order they visit samples. Everything a user sets or sees is here, once: :class:`
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from collections import Counter
@@ -20,7 +21,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
-from torchvision.io import ImageReadMode, decode_jpeg  # imported before DataLoader workers fork, not in each
 
 from .transforms import FRAME_SIZE, TARGET_LENGTH, resize_center_crop
 
@@ -45,6 +45,17 @@ class ReaderConfig:
 # frames
 
 
+@functools.cache
+def _torchvision_io() -> Any:
+    """``torchvision.io``, imported on first use: importing torchvision costs about 0.9 s (its package imports its
+    models, ops and ``torch._dynamo``), which every process importing this module (a shard job's Ray workers, the
+    CLI) would pay for nothing. The readers import it before their ``DataLoader`` workers fork, so the workers
+    inherit it instead of each importing it again."""
+    import torchvision.io
+
+    return torchvision.io
+
+
 def decode_rgb(jpeg: bytes | bytearray) -> torch.Tensor:
     """JPEG bytes -> uint8 [3, H, W] RGB.
 
@@ -53,11 +64,18 @@ def decode_rgb(jpeg: bytes | bytearray) -> torch.Tensor:
     Anything it cannot decode goes through PIL, as the reference does.
     """
     data = jpeg if isinstance(jpeg, bytearray) else bytearray(jpeg)  # torch wants writable memory
+    tvio = _torchvision_io()
     try:
-        return decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+        return tvio.decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=tvio.ImageReadMode.RGB)
     except RuntimeError:
-        img = Image.open(io.BytesIO(jpeg))
-        return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
+        return torch.from_numpy(decode_rgb_array(jpeg)).permute(2, 0, 1)
+
+
+def decode_rgb_array(jpeg: bytes | bytearray) -> np.ndarray:
+    """JPEG bytes -> uint8 [H, W, 3] RGB with PIL: the same pixels as :func:`decode_rgb` (see there), without
+    torchvision (what the shard job decodes its stored frames with before corrupting them)."""
+    with Image.open(io.BytesIO(jpeg)) as img:
+        return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
@@ -193,6 +211,8 @@ class Loader:
     def data_loader(dataset: Dataset | IterableDataset, workers: int, prefetch: int, **kwargs: Any) -> DataLoader:
         """The torch DataLoader both modes run their workers in: fresh workers per pass (they inherit the pass's
         state), ``prefetch`` items ahead per worker; pinning is done by the readers, into their own buffers."""
+        if workers:
+            _torchvision_io()  # imported here, before the workers fork, not once in each
         return DataLoader(
             dataset,
             num_workers=workers,
