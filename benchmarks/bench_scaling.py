@@ -124,8 +124,29 @@ class Cluster:
         subprocess.run(cmd, env=self.env, capture_output=True, check=True)
 
     def stop(self) -> None:
-        for mark in (self.tmp, f"127.0.0.1:{self.port}"):
-            subprocess.run(["pkill", "-9", "-f", mark], capture_output=True)
+        # the processes naming the cluster, and everything below them: the raylets' agents retitle themselves
+        # ("ray::DashboardAgent") and would outlive a kill by name
+        marks = (self.tmp, f"127.0.0.1:{self.port}")
+        pids = {int(d) for d in os.listdir("/proc") if d.isdigit()}
+        parent, top = {}, set()
+        for pid in pids:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                parent[pid] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if any(m in cmd for m in marks):
+                top.add(pid)
+        tree, grown = set(top), True
+        while grown:
+            below = {p for p, pp in parent.items() if pp in tree} - tree
+            tree |= below
+            grown = bool(below)
+        for pid in tree:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -188,10 +188,11 @@ class RayCluster:
         return {p for p in _pids() if any(m in _cmdline(p) for m in marks)}
 
     def stop(self) -> None:
-        # `ray stop` would kill every Ray process of the machine (other tests' too): kill only this cluster's
-        subprocess.run(["pkill", "-9", "-f", self.tmp], capture_output=True)
-        subprocess.run(["pkill", "-9", "-f", self.worker_tmp], capture_output=True)
-        subprocess.run(["pkill", "-9", "-f", self.address], capture_output=True)
+        # `ray stop` would kill every Ray process of the machine (other tests' too): kill only this cluster's, with
+        # everything below them (the raylets' agents retitle themselves "ray::DashboardAgent" and would be orphaned)
+        for pid in _descendants(self._own()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         import shutil
 
         shutil.rmtree(self.tmp, ignore_errors=True)
