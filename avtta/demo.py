@@ -26,7 +26,7 @@ from avtta.shards import storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PROFILES", "DemoProfile", "DemoResult", "run_demo"]
+__all__ = ["PROFILES", "DemoPaths", "DemoProfile", "DemoResult", "demo_paths", "run_demo"]
 
 DATASET = "avsynth"
 
@@ -128,11 +128,40 @@ class DemoResult:
     cached: list[str]  # steps skipped because their output was complete
 
 
-def _pick_workers(workers: int | None) -> int:
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where a profile's data and results live (folders or ``s3://`` URLs); :func:`demo_paths` makes them."""
+
+    data: str  # the profile's data root: ``videos/`` and the shard catalog
+    catalog: str  # the shard catalog, ``<data>/shards-v<schema version>`` (``avtta demo`` and ``--balance`` share it)
+    out: str  # the profile's results folder
+    source: str  # the source model's run folder (``full`` shares the default profile's)
+
+
+def demo_paths(p: DemoProfile, data: str | Path, out: str | Path) -> DemoPaths:
+    """The one layout of every demo command (``avtta demo`` and ``avtta demo --balance``) under ``data`` and ``out``.
+
+    One shard folder per schema version: a format change re-shards into a new folder instead of meeting the old sets'
+    fingerprints (the shard job refuses to mix jobs in one folder); the old folder can be deleted.
+    """
+    from avtta.shards.schema import SCHEMA_VERSION
+
+    data_root = storage.join(data, p.data_subdir) if p.data_subdir else str(data)
+    out_dir = storage.join(out, p.out_subdir) if p.out_subdir else str(out)
+    # full shares the default profile's source model (same data, same recipe)
+    source = storage.join(str(out) if p.name == "full" else out_dir, "source")
+    return DemoPaths(data_root, storage.join(data_root, f"shards-v{SCHEMA_VERSION}"), out_dir, source)
+
+
+def _pick_workers(workers: int | None, p: DemoProfile) -> int:
+    """``workers`` checked; by default all CPUs, but 0 (in this process) for the quick profile: a Ray start-up would
+    be most of a smoke run."""
     if workers is not None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         return workers
+    if p.name == "quick":
+        return 0
     from avtta.shards.io import cpu_count
 
     return cpu_count()
@@ -208,6 +237,30 @@ def _step_shard(p: DemoProfile, ds: Any, catalog: str | Path, workers: int, prog
             raise ValueError(f"{summary.failed} demo clips failed to shard; see failures.parquet under {catalog}")
         done &= summary.resumed_chunks >= -(-summary.clips // p.shard_size)
     return done
+
+
+def _step_data(
+    p: DemoProfile, paths: DemoPaths, workers: int | None, progress: bool
+) -> tuple[Any, dict[str, float], list[str]]:
+    """Steps 1 and 2 of every demo command: the videos and their shards in ``paths.catalog``, each made when missing.
+
+    Returns the data set, the seconds per step (``generate``, ``shard``) and the steps that were already complete.
+    """
+    workers = _pick_workers(workers, p)
+    timings: dict[str, float] = {}
+    cached: list[str] = []
+    t0 = time.perf_counter()
+    ds, was_cached = _step_generate(p, paths.data, workers)
+    timings["generate"] = time.perf_counter() - t0
+    cached += ["generate"] if was_cached else []
+    log.info("demo 1/4: data set in %s (%.1f s%s)", ds.root, timings["generate"], ", cached" if was_cached else "")
+
+    t0 = time.perf_counter()
+    was_cached = _step_shard(p, ds, paths.catalog, workers, progress)
+    timings["shard"] = time.perf_counter() - t0
+    cached += ["shard"] if was_cached else []
+    log.info("demo 2/4: shards in %s (%.1f s%s)", paths.catalog, timings["shard"], ", cached" if was_cached else "")
+    return ds, timings, cached
 
 
 def _step_train(
@@ -339,36 +392,13 @@ def run_demo(
         raise ValueError("choose one of quick and full, not both")
     p = PROFILES["quick" if quick else "full" if full else "default"]
     # local paths or URLs (s3://): every read and write below goes through avtta.shards.storage
-    data_root = storage.join(data, p.data_subdir) if p.data_subdir else str(data)
-    base_out = str(out)
-    out_dir = storage.join(base_out, p.out_subdir) if p.out_subdir else base_out
-    # quick: in-process sharding by default (a Ray start-up would be most of a smoke run)
-    workers = _pick_workers(0 if quick and workers is None else workers)
-    timings: dict[str, float] = {}
-    cached: list[str] = []
+    paths = demo_paths(p, data, out)
+    out_dir, catalog = paths.out, paths.catalog
     t_all = time.perf_counter()
+    ds, timings, cached = _step_data(p, paths, workers, progress)
 
     t0 = time.perf_counter()
-    ds, was_cached = _step_generate(p, data_root, workers)
-    timings["generate"] = time.perf_counter() - t0
-    cached += ["generate"] if was_cached else []
-    log.info("demo 1/4: data set in %s (%.1f s%s)", ds.root, timings["generate"], ", cached" if was_cached else "")
-
-    t0 = time.perf_counter()
-    # one shard folder per schema version: a format change re-shards into a new folder instead of meeting the old
-    # sets' fingerprints (the shard job refuses to mix jobs in one folder); the old folder can be deleted
-    from avtta.shards.schema import SCHEMA_VERSION
-
-    catalog = storage.join(data_root, f"shards-v{SCHEMA_VERSION}")
-    was_cached = _step_shard(p, ds, catalog, workers, progress)
-    timings["shard"] = time.perf_counter() - t0
-    cached += ["shard"] if was_cached else []
-    log.info("demo 2/4: shards in %s (%.1f s%s)", catalog, timings["shard"], ", cached" if was_cached else "")
-
-    t0 = time.perf_counter()
-    # full shares the default profile's source model (same data, same recipe)
-    source_dir = storage.join(base_out if p.name == "full" else out_dir, "source")
-    checkpoint, clean, was_cached = _step_train(p, catalog, source_dir, progress)
+    checkpoint, clean, was_cached = _step_train(p, catalog, paths.source, progress)
     timings["train"] = time.perf_counter() - t0
     cached += ["train"] if was_cached else []
     log.info(

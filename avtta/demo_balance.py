@@ -1,12 +1,13 @@
 """``avtta demo --balance``: does a balanced or structure-preserving source model adapt better? (issue 14)
 
-On the demo's data and shards (``avtta.demo``; generated first when missing), three source models are trained with
-the demo's recipe: ``plain`` (the default demo's own source model, shared with ``avtta demo``), ``resample``
-(``--resample sample``: valuation-based re-sampling after the official 5-epoch warm-up, Wei et al. CVPR'24) and
-``structure`` (``--structure-loss 0.1``: the Multi-Sinkhorn-Knopp structure-preserving loss, Swetha et al.
-ICCV'23). For each: the clean accuracies (multimodal, audio only, video only) and Source, READ and BriMPR on the
-demo's corrupted test sets. Everything goes to one table (``table_balance.md``) and one plot (``balance.png``)
-under ``<out>/balance``; each step is cached like the demo's own.
+On the demo's data and shards (``avtta.demo``, the same folders: ``demo_paths``; generated first when missing, and
+reused by ``avtta demo`` on the same ``--data``), three source models are trained with the demo's recipe: ``plain``
+(the default demo's own source model, shared with ``avtta demo``), ``resample`` (``--resample sample``:
+valuation-based re-sampling after the official 5-epoch warm-up, Wei et al. CVPR'24) and ``structure``
+(``--structure-loss 0.1``: the Multi-Sinkhorn-Knopp structure-preserving loss, Swetha et al. ICCV'23). For each: the
+clean accuracies (multimodal, audio only, video only) and Source, READ and BriMPR on the demo's corrupted test sets.
+Everything goes to one table (``table_balance.md``) and one plot (``balance.png``) under ``<out>/balance``; each
+step is cached like the demo's own.
 
 Why weight 0.1 for the structure loss: the official cost ``BCE(exp(s / 0.1), t)`` takes logits up to e^10, so at
 weight 1 the loss is an order of magnitude above the cross-entropy (5 to 18 against ~1.1 on the unit-test model) and
@@ -23,16 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from avtta.demo import (
-    PROFILES,
-    DemoProfile,
-    _pick_workers,
-    _step_adapt,
-    _step_generate,
-    _step_shard,
-    _step_train,
-    _write_json,
-)
+from avtta.demo import PROFILES, DemoProfile, _step_adapt, _step_data, _step_train, _write_json, demo_paths
 from avtta.shards import storage
 
 log = logging.getLogger(__name__)
@@ -154,7 +146,7 @@ def run_balance_demo(
 
     Args:
         out: the demo's results root; this comparison writes ``balance/`` under the profile's folder.
-        data: the demo's data root (shared with ``avtta demo``).
+        data: the demo's data root (shared with ``avtta demo``: the same videos and shard catalog).
         quick: on the quick profile's tiny data (the tests).
         workers: processes for generation and sharding (default: all CPUs; 0: in this process, without Ray).
         progress: show progress bars.
@@ -163,22 +155,12 @@ def run_balance_demo(
     import pyarrow.parquet as pq
 
     p = replace(PROFILES["quick" if quick else "default"], methods=BALANCE_METHODS)
-    # local paths or URLs (s3://), through avtta.shards.storage as in avtta.demo
-    data_root = storage.join(data, p.data_subdir) if p.data_subdir else str(data)
-    base_out = storage.join(out, p.out_subdir) if p.out_subdir else str(out)
-    out_dir = storage.join(base_out, "balance")
-    workers = _pick_workers(0 if quick and workers is None else workers)
-    timings: dict[str, float] = {}
-    cached: list[str] = []
+    # local paths or URLs (s3://), through avtta.shards.storage; the demo's own layout: its videos, shard catalog and
+    # source model are reused when `avtta demo` made them on the same --data / --out (and vice versa)
+    paths = demo_paths(p, data, out)
+    out_dir, catalog = storage.join(paths.out, "balance"), paths.catalog
     t_all = time.perf_counter()
-
-    t0 = time.perf_counter()
-    ds, was_cached = _step_generate(p, data_root, workers)
-    catalog = storage.join(data_root, "shards")
-    was_cached &= _step_shard(p, ds, catalog, workers, progress)
-    timings["data"] = time.perf_counter() - t0
-    cached += ["data"] if was_cached else []
-    log.info("balance: data and shards in %s (%.1f s%s)", catalog, timings["data"], ", cached" if was_cached else "")
+    _, timings, cached = _step_data(p, paths, workers, progress)
 
     variants = balance_variants(p)
     clean: dict[str, dict[str, float]] = {}
@@ -186,7 +168,7 @@ def run_balance_demo(
     for name, options in variants.items():
         t0 = time.perf_counter()
         # plain = the demo's own source model (same folder, same config: trained once for both commands)
-        run = storage.join(base_out, "source") if not options else storage.join(out_dir, "models", name)
+        run = paths.source if not options else storage.join(out_dir, "models", name)
         checkpoint, clean[name], was_cached = _step_train(p, catalog, run, progress, **options)
         timings[f"train {name}"] = time.perf_counter() - t0
         cached += [f"train {name}"] if was_cached else []

@@ -67,6 +67,16 @@ def small_videos(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """One local quick demo run (its root and result), shared by the demo's local and S3 tests and by the balance
+    demo's test (which runs on the same ``--data`` / ``--out``)."""
+    from avtta.demo import run_demo
+
+    root = tmp_path_factory.mktemp("quick")
+    return root, run_demo(out=root / "runs", data=root / "data", quick=True, workers=0, progress=False)
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One embedded local Ray for the whole session (ray.init is slow)."""
     import ray

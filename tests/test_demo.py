@@ -141,23 +141,14 @@ def test_profiles_select_registered_corruptions():
     assert PROFILES["full"].methods == ("all",) == default.methods
 
 
-@pytest.fixture(scope="module")
-def quick_local(tmp_path_factory):
-    """One local quick demo run (its root and result), shared by the local and the S3 test."""
-    from avtta.demo import run_demo
-
-    root = tmp_path_factory.mktemp("quick")
-    return root, run_demo(out=root / "runs", data=root / "data", quick=True, workers=0, progress=False)
-
-
 @pytest.mark.slow
-def test_quick_demo_end_to_end_then_cached(quick_local):
+def test_quick_demo_end_to_end_then_cached(quick_demo):
     """The smoke profile: real mp4s -> shards -> trained source model -> all methods -> table; a rerun is cached."""
     from avtta.adapt import list_methods
 
     from avtta.demo import run_demo
 
-    tmp_path, result = quick_local
+    tmp_path, result = quick_demo
     methods = list_methods()
     assert len(methods) == 15  # the BriMPR repository's eight, the six newer methods and audio_assist
     assert {(r["method"], r["corruption"]) for r in result.rows if r["protocol"] != "clean"} == {
@@ -178,7 +169,7 @@ def test_quick_demo_end_to_end_then_cached(quick_local):
 
 
 @pytest.mark.slow
-def test_quick_demo_on_s3_matches_local_and_reruns_cached(quick_local, s3_bucket, capsys):
+def test_quick_demo_on_s3_matches_local_and_reruns_cached(quick_demo, s3_bucket, capsys):
     """``avtta demo --data s3://... --out s3://...``: videos, shards and every result land in the bucket (SeaweedFS),
     the table is the local run's, and a rerun finds every step done there."""
     from avtta.shards import storage
@@ -197,7 +188,7 @@ def test_quick_demo_on_s3_matches_local_and_reruns_cached(quick_local, s3_bucket
     for name in ("table.md", "heatmap.png", "results.parquet", "results.csv", "demo.json", "source/model.safetensors"):
         assert storage.size(f"{out}/quick/{name}") > 0, name
     assert storage.exists(f"{out}/quick/adapt/video/demo_step.json")
-    local = quick_local[1]
+    local = quick_demo[1]
     assert storage.read_text(f"{out}/quick/table.md") == (local.out / "table.md").read_text()
 
     again = run_demo(out=out, data=data, quick=True, workers=0, progress=False)
