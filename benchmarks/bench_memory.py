@@ -119,7 +119,13 @@ def looped_clip(src: Path, dst: Path, seconds: float) -> None:
 
 
 def shard_rows(
-    root: Path, lengths: list[float], sizes: list[int], size: tuple[int, int], clip: Path | None
+    root: Path,
+    lengths: list[float],
+    sizes: list[int],
+    size: tuple[int, int],
+    clip: Path | None,
+    list_size: tuple[int, int] | None = None,
+    list_seconds: float = 2.0,
 ) -> list[dict]:
     import av
     from avtta.pipelines.synth import write_test_video
@@ -144,13 +150,14 @@ def shard_rows(
             length = round(media.duration / 1e6, 2)
         rows.append({"what": "avtta shard, one clip", "seconds_of_video": length, **measure(argv)})
         print(rows[-1], flush=True)
-    base = root / "list-clips" / "c"
+    list_size = list_size or size
+    base = root / f"list-clips-{list_size[0]}x{list_size[1]}-{list_seconds:g}s" / "c"
     base.mkdir(parents=True, exist_ok=True)
     clips = []
     for i in range(4):
         p = base / f"clip{i}.mp4"
         if not p.exists():
-            write_test_video(p, seconds=2.0, fps=25, size=size, audio_rate=44100, channels=2, seed=i)
+            write_test_video(p, seconds=list_seconds, fps=25, size=list_size, audio_rate=44100, channels=2, seed=i)
         clips.append(p)
     labels = root / "labels.csv"
     labels.write_text("index,mid,display_name\n0,c,c\n")
@@ -159,7 +166,8 @@ def shard_rows(
         lst.write_text("path,label,video_id\n" + "".join(f"{clips[i % 4]},c,v{i:06d}\n" for i in range(n)))
         argv = ["shard", "--videos", str(lst), "--labels", str(labels), "--out", str(root / f"shards-list-{n}"),
                 "--dataset", "bench", "--workers", "0", "--shard-size", "64", "--no-progress"]  # fmt: skip
-        rows.append({"what": "avtta shard, list of 2-s clips", "samples": n, **measure(argv)})
+        what = f"avtta shard, list of {list_seconds:g}-s {list_size[0]}x{list_size[1]} clips"
+        rows.append({"what": what, "samples": n, **measure(argv)})
         print(rows[-1], flush=True)
     return rows
 
@@ -174,6 +182,14 @@ def main() -> None:
     ap.add_argument("--shard-sizes", help="list entries of the shard runs (default 32,256; --full 240,2400)")
     ap.add_argument("--lengths", default="10,60", help="clip lengths (s) of the one-clip shard runs")
     ap.add_argument("--size", default="540x360", help="frame size of the shard job's synthetic clips (AudioSet-like)")
+    ap.add_argument("--list-size", help="frame size of the clips of the list runs (default: --size)")
+    ap.add_argument(
+        "--list-seconds",
+        type=float,
+        default=2.0,
+        help="length of the clips of the list runs (short, small clips make a 24,000-sample job take minutes: the "
+        "job's state per sample does not depend on the clip)",
+    )
     ap.add_argument(
         "--clip",
         default=str(FIXTURE_CLIP),
@@ -199,12 +215,14 @@ def main() -> None:
     if "shard" not in args.skip:
         w, h = map(int, args.size.split("x"))
         clip = Path(args.clip) if args.clip and Path(args.clip).exists() else None
-        rows += shard_rows(root / "shard", [float(x) for x in args.lengths.split(",")], shard_sizes, (w, h), clip)
-    print(f"\n{'what':36s} {'size':>12s} {'peak RSS MiB':>13s} {'children MiB':>13s} {'s':>7s}")
+        lw, lh = map(int, (args.list_size or args.size).split("x"))
+        lengths = [float(x) for x in args.lengths.split(",") if x]  # "": no one-clip runs
+        rows += shard_rows(root / "shard", lengths, shard_sizes, (w, h), clip, (lw, lh), args.list_seconds)
+    print(f"\n{'what':44s} {'size':>14s} {'peak RSS MiB':>13s} {'children MiB':>13s} {'s':>7s}")
     for r in rows:
         size = f"{r['samples']} samples" if "samples" in r else f"{r['seconds_of_video']:g} s clip"
         print(
-            f"{r['what']:36s} {size:>12s} {r['peak_rss_mib']:13.1f} {r['children_peak_mib']:13.1f} {r['seconds']:7.1f}"
+            f"{r['what']:44s} {size:>14s} {r['peak_rss_mib']:13.1f} {r['children_peak_mib']:13.1f} {r['seconds']:7.1f}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
