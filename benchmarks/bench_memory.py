@@ -177,9 +177,13 @@ def main() -> None:
         child(sys.argv[2:])
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--full", action="store_true", help="the issue's sizes (adapt 2,400 / 24,000; shard 240 / 2,400)")
+    ap.add_argument(
+        "--full",
+        action="store_true",
+        help="the issue's sizes (adapt and shard 2,400 / 24,000; the shard runs' clips 0.5 s, 160x120)",
+    )
     ap.add_argument("--adapt-sizes", help="samples of the adapt runs (default 240,2400; --full 2400,24000)")
-    ap.add_argument("--shard-sizes", help="list entries of the shard runs (default 32,256; --full 240,2400)")
+    ap.add_argument("--shard-sizes", help="list entries of the shard runs (default 32,256; --full 2400,24000)")
     ap.add_argument("--lengths", default="10,60", help="clip lengths (s) of the one-clip shard runs")
     ap.add_argument("--size", default="540x360", help="frame size of the shard job's synthetic clips (AudioSet-like)")
     ap.add_argument("--list-size", help="frame size of the clips of the list runs (default: --size)")
@@ -203,7 +207,9 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of parts to skip: adapt, shard")
     args = ap.parse_args()
     adapt_sizes = [int(x) for x in (args.adapt_sizes or ("2400,24000" if args.full else "240,2400")).split(",")]
-    shard_sizes = args.shard_sizes if args.shard_sizes is not None else ("240,2400" if args.full else "32,256")
+    shard_sizes = args.shard_sizes if args.shard_sizes is not None else ("2400,24000" if args.full else "32,256")
+    if args.full:
+        args.list_size, args.list_seconds = args.list_size or "160x120", 0.5
     shard_sizes = [int(x) for x in shard_sizes.split(",") if x]  # "": no list runs
     root = Path(args.workdir or tempfile.mkdtemp(prefix="avtta-mem-"))
     print(

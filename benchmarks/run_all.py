@@ -35,10 +35,11 @@ def plan(full: bool, official: list[str], cuda: bool) -> list[tuple[str, list[st
         return [
             ("bench_pipeline.py", ["--clips", "240"]),
             ("bench_scaling.py", ["--copies", "48", "--repeats", "2", "--cluster"]),
-            ("bench_refchain.py", ["--clips", "8", "--repeats", "2", "--loader-fbank", *refchain]),
+            ("bench_refchain.py", ["--clips", "24", "--repeats", "2", *refchain]),
             ("bench_corruptions.py", []),
             ("bench_methods.py", methods),
             ("bench_memory.py", ["--full"]),
+            ("bench_onthefly.py", []),
             ("bench_s3.py", []),
             ("gpu_check.py", [] if cuda else ["--cpu-dry-run"]),
         ]
@@ -49,6 +50,7 @@ def plan(full: bool, official: list[str], cuda: bool) -> list[tuple[str, list[st
         ("bench_corruptions.py", ["--repeats", "1"]),
         ("bench_methods.py", methods),
         ("bench_memory.py", ["--adapt-sizes", "240,2400", "--shard-sizes", "16,64", "--lengths", "10,60"]),
+        ("bench_onthefly.py", ["--clips", "4", "--samples", "40", "--passes", "1", "--seconds", "2"]),
         ("bench_s3.py", ["--clips", "64", "--shard-size", "16", "--passes", "1"]),
         ("gpu_check.py", [] if cuda else ["--cpu-dry-run"]),
     ]
