@@ -164,6 +164,7 @@ def shard_rows(
     for n in sizes:
         lst = root / f"list-{n}.csv"
         lst.write_text("path,label,video_id\n" + "".join(f"{clips[i % 4]},c,v{i:06d}\n" for i in range(n)))
+        shutil.rmtree(root / f"shards-list-{n}", ignore_errors=True)  # a fresh job, not a resumed one
         argv = ["shard", "--videos", str(lst), "--labels", str(labels), "--out", str(root / f"shards-list-{n}"),
                 "--dataset", "bench", "--workers", "0", "--shard-size", "64", "--no-progress"]  # fmt: skip
         what = f"avtta shard, list of {list_seconds:g}-s {list_size[0]}x{list_size[1]} clips"
