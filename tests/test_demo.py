@@ -194,3 +194,15 @@ def test_quick_demo_on_s3_matches_local_and_reruns_cached(quick_demo, s3_bucket,
     again = run_demo(out=out, data=data, quick=True, workers=0, progress=False)
     assert again.cached == ["generate", "shard", "train", "adapt"] and again.out == f"{out}/quick"
     assert again.table == local.table
+
+    # `avtta demo --balance` on the same URLs: the bucket's videos, shards and plain source model are reused
+    from avtta.demo_balance import run_balance_demo
+
+    balance = run_balance_demo(out=out, data=data, quick=True, workers=0, progress=False)
+    assert balance.cached == ["generate", "shard", "train plain"] and balance.out == f"{out}/quick/balance"
+    assert json.loads(storage.read_text(f"{out}/quick/balance/balance.json"))["catalog"] == (
+        f"{data}/quick/shards-v{SCHEMA_VERSION}"
+    )
+    for name in ("table_balance.md", "balance.png", "results.parquet", "models/resample/model.safetensors"):
+        assert storage.size(f"{out}/quick/balance/{name}") > 0, name
+    assert storage.listdir(f"{data}/quick") == [f"shards-v{SCHEMA_VERSION}", "videos"]  # one catalog
