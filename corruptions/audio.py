@@ -33,18 +33,23 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 def noise_files(noise_dir: str | Path, category: str) -> list[str]:
     """Recordings of ``category`` under ``noise_dir`` (a folder or a URL such as ``s3://bucket/noises``), as paths
-    relative to it (sorted)."""
-    root = str(noise_dir)
+    relative to it (sorted). Listed once per process and folder: every sample draws from it, and on an object store
+    a listing is a request."""
+    return list(_noise_listing(str(noise_dir), category))
+
+
+@functools.lru_cache(maxsize=64)
+def _noise_listing(root: str, category: str) -> tuple[str, ...]:
     folder = storage.join(root, category)
     if storage.isdir(folder):
         files = sorted(f"{category}/{n}" for n in storage.listdir(folder) if Path(n).suffix.lower() in AUDIO_EXTENSIONS)
         if files:
-            return files
+            return tuple(files)
         raise FileNotFoundError(f"noise folder {folder} holds no audio file ({', '.join(AUDIO_EXTENSIONS)})")
     names = set(storage.listdir(root))
     for ext in AUDIO_EXTENSIONS:
         if f"{category}{ext}" in names and not storage.isdir(storage.join(root, f"{category}{ext}")):
-            return [f"{category}{ext}"]
+            return (f"{category}{ext}",)
     raise FileNotFoundError(f"noise_dir {root} has neither a folder {category}/ nor a file {category}.wav")
 
 

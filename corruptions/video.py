@@ -432,9 +432,14 @@ def _crowd_image(path: str) -> np.ndarray:
 
 def _crowd_files(ctx: Context) -> list[str]:
     folder = getattr(ctx.options, "crowd_image_dir", None)
-    if folder is None:
-        return []
-    files = [n for n in storage.listdir(str(folder)) if n.endswith(".png")]
+    return [] if folder is None else list(_crowd_listing(str(folder)))
+
+
+@functools.lru_cache(maxsize=16)
+def _crowd_listing(folder: str) -> tuple[str, ...]:
+    """The ``.png`` occluders of ``folder`` (sorted), listed once per process: every sample draws from it, and on an
+    object store a listing is a request."""
+    files = tuple(n for n in storage.listdir(folder) if n.endswith(".png"))
     if not files:
         raise FileNotFoundError(f"crowd_image_dir {folder} holds no .png occluder")
     return files

@@ -160,7 +160,7 @@ class LabelIndex(manifests.LabelIndex):
 
 def _rebase(text: str, path_map: Sequence[tuple[str, str]], base: str) -> str:
     """A path of a list, after the first matching ``OLD=NEW`` rewrite; relative paths are relative to ``base`` (the
-    list's folder, or its URL's prefix). A URL stays as it is."""
+    list's folder, or its URL's prefix). Local paths and URLs come out normalised alike."""
     for old, new in path_map:
         if text.startswith(old):
             text = new + text[len(old) :]
@@ -398,17 +398,12 @@ class ImportedSample:
     record: SampleRecord
 
 
-_MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
-
-
-def _read_wav(path: str, data: bytes | BaseException) -> tuple[np.ndarray, int, dict[str, Any]]:
+def _read_wav(path: str, data: bytes | OSError) -> tuple[np.ndarray, int, dict[str, Any]]:
     """Decode the WAV ``data`` read from ``path`` (or the error reading it gave)."""
     import soundfile as sf
 
-    if isinstance(data, _MISSING):
+    if isinstance(data, OSError):  # storage.read_many's "no such file" (a storage fault raised there)
         raise ImportFailure(f"missing wav: {path}")
-    if isinstance(data, BaseException):
-        raise data
     buffer = io.BytesIO(data)
     try:
         info = sf.info(buffer)
@@ -426,14 +421,12 @@ def _read_wav(path: str, data: bytes | BaseException) -> tuple[np.ndarray, int, 
     return np.ascontiguousarray(samples[:, 0]), int(sr), meta
 
 
-def _read_frame(path: str, data: bytes | BaseException) -> tuple[bytes, tuple[int, int]]:
+def _read_frame(path: str, data: bytes | OSError) -> tuple[bytes, tuple[int, int]]:
     """Check the JPEG ``data`` read from ``path`` (or the error reading it gave); return it and its size."""
     from PIL import Image, UnidentifiedImageError
 
-    if isinstance(data, _MISSING):
+    if isinstance(data, OSError):  # storage.read_many's "no such file" (a storage fault raised there)
         raise ImportFailure(f"missing frame: {path}")
-    if isinstance(data, BaseException):
-        raise data
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, mode, size = img.format, img.mode, img.size
